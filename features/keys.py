@@ -1,0 +1,142 @@
+"""Every Redis key, field name, TTL and cap of the online store, in one place (schema version in the prefix).
+
+A person's keys share the hash tag `{PERSON}` so they live in one Redis Cluster slot. The Lua ingest script
+(`features/lua/ingest.lua`) builds the same names from the prefix it is given; tests check both agree.
+
+Layout (P = the prefix, default `rs:v1`):
+
+| key                         | type   | holds                                              | bound            |
+|-----------------------------|--------|----------------------------------------------------|------------------|
+| P:id:{kind:value}           | string | alias -> canonical person id                       | TTL PERSON_TTL   |
+| P:c:{person}:p              | hash   | scalars: first/last seen, country, counts, traits  | TTL PERSON_TTL   |
+| P:c:{person}:r              | list   | recent events, newest first (msgpack)              | RECENT_CAP       |
+| P:c:{person}:ia             | zset   | item affinity, forward-decayed                     | ITEM_AFF_CAP     |
+| P:c:{person}:ca             | zset   | category affinity, forward-decayed                 | CAT_AFF_CAP      |
+| P:c:{person}:b              | zset   | purchased item -> last ts                          | PURCHASED_CAP    |
+| P:c:{person}:rt             | zset   | returned item -> last ts                           | RETURNED_CAP     |
+| P:c:{person}:cart           | hash   | item -> quantity                                   | TTL CART_TTL     |
+| P:c:{person}:s              | hash   | current session: id, started, last                 | TTL SESSION_TTL  |
+| P:c:{person}:si             | list   | items of the current session, newest first         | SESSION_ITEMS_CAP|
+| P:c:{person}:ids            | set    | every alias linked to this person                  | TTL PERSON_TTL   |
+| P:i:{item}                  | hash   | catalog item: j (msgpack Item), cats, avail, price | none (catalog)   |
+| P:i:{item}:n                | hash   | event counts by type                               | TTL ITEM_STATS_TTL |
+| P:pop:{scope}:{window}      | zset   | item popularity, forward-decayed                   | POPULAR_CAP      |
+| P:ev:{event_id}             | string | idempotency marker                                 | TTL DEDUPE_TTL   |
+| P:log                       | stream | offline log entries, trimmed only after drain ack  | drained          |
+| P:erased                    | set    | customer ids erased for privacy                    | none             |
+
+Person-hash field names: `first`, `last`, `country`, `n` (events), `orders`, `monetary`,
+`cnt:type:<type>`, `cnt:channel:<channel>`, `ls:<channel>` (last seen), `t:<trait>` (published traits).
+Popularity scopes: `all`, `ch:<channel>`, `co:<country>`; windows: `pop` (POPULAR_HALF_LIFE), `trend`
+(TRENDING_HALF_LIFE).
+"""
+
+from __future__ import annotations
+
+import math
+
+SCHEMA_VERSION = 1
+DEFAULT_PREFIX = f"rs:v{SCHEMA_VERSION}"
+
+DAY = 86400.0
+
+# TTLs (seconds)
+PERSON_TTL = int(400 * DAY)  # refreshed on every write: inactive people age out
+CART_TTL = int(30 * DAY)
+SESSION_TTL = 30 * 60  # a session ends after 30 minutes without events
+ITEM_STATS_TTL = int(400 * DAY)
+DEDUPE_TTL = int(30 * DAY)  # replays within this window count once online; the offline log dedupes forever
+
+# Caps (entries)
+RECENT_CAP = 100
+ITEM_AFF_CAP = 200
+CAT_AFF_CAP = 50
+PURCHASED_CAP = 500
+RETURNED_CAP = 200
+SESSION_ITEMS_CAP = 50
+POPULAR_CAP = 5000
+
+# Forward decay: a weight w at time t adds w * 2**((t - DECAY_EPOCH) / half_life) to a score; reading at `now`
+# multiplies by 2**(-(now - DECAY_EPOCH) / half_life). Sorted-set order is then the decayed order at any time.
+DECAY_EPOCH = 1577836800.0  # 2020-01-01T00:00:00Z
+AFFINITY_HALF_LIFE = 30 * DAY
+POPULAR_HALF_LIFE = 14 * DAY
+TRENDING_HALF_LIFE = 1 * DAY
+
+# How much each event type says about interest in its item (and the item's categories).
+AFFINITY_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 1.0,
+    "add_to_cart": 3.0,
+    "remove_from_cart": -1.0,
+    "purchase": 5.0,
+    "return": -5.0,
+    "email_click": 1.0,
+    "content_click": 0.5,
+    "offer_accept": 2.0,
+}
+# Which event types count towards item popularity, and by how much.
+POPULARITY_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 1.0,
+    "add_to_cart": 2.0,
+    "purchase": 4.0,
+}
+
+ALIAS_KINDS = ("customer", "anonymous", "device", "email")
+
+
+def decay_factor(half_life: float, t: float) -> float:
+    """The forward-decay multiplier for an event at time t."""
+    return math.pow(2.0, (t - DECAY_EPOCH) / half_life)
+
+
+def read_factor(half_life: float, now: float) -> float:
+    """Multiply a stored forward-decayed score by this to get its value at `now`."""
+    return math.pow(2.0, -(now - DECAY_EPOCH) / half_life)
+
+
+class Keys:
+    """Key builder for one prefix (tests use a unique prefix each)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+
+    def alias(self, kind: str, value: str) -> str:
+        return f"{self.prefix}:id:{{{kind}:{value}}}"
+
+    def person(self, person: str, part: str) -> str:
+        """part: p, r, ia, ca, b, rt, cart, s, si, ids."""
+        return f"{self.prefix}:c:{{{person}}}:{part}"
+
+    def item(self, item_id: str) -> str:
+        return f"{self.prefix}:i:{{{item_id}}}"
+
+    def item_stats(self, item_id: str) -> str:
+        return f"{self.prefix}:i:{{{item_id}}}:n"
+
+    def popular(self, scope: str, window: str) -> str:
+        return f"{self.prefix}:pop:{{{scope}}}:{window}"
+
+    def dedupe(self, event_id: str) -> str:
+        return f"{self.prefix}:ev:{{{event_id}}}"
+
+    @property
+    def log(self) -> str:
+        return f"{self.prefix}:log"
+
+    @property
+    def erased(self) -> str:
+        return f"{self.prefix}:erased"
+
+    @property
+    def catalog_index(self) -> str:
+        """Set of every catalog item id (for listing and export)."""
+        return f"{self.prefix}:items"
+
+
+def anonymous_person(kind: str, value: str) -> str:
+    """The person id of someone known only by a non-customer id, until they log in."""
+    return f"{kind}:{value}"

@@ -1,0 +1,319 @@
+"""Wire types shared by every layer: events, catalog items, the live profile and the offline-log row.
+
+All validation of incoming data lives here, so the API, the importers and the tests agree on what is valid.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, get_args
+
+import msgspec
+from msgspec import Meta, Struct
+
+SCHEMA_VERSION = 1
+
+EventType = Literal[
+    "view",
+    "click",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "return",
+    "search",
+    "email_open",
+    "email_click",
+    "offer_impression",
+    "offer_accept",
+    "offer_dismiss",
+    "content_impression",
+    "content_click",
+]
+Channel = Literal["web", "app", "email", "sms", "store", "call_center", "social"]
+
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+CHANNELS: tuple[str, ...] = get_args(Channel)
+
+# Types whose meaning needs the thing they are about.
+ITEM_EVENTS = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "purchase", "return"})
+OFFER_EVENTS = frozenset({"offer_impression", "offer_accept", "offer_dismiss"})
+CONTENT_EVENTS = frozenset({"content_impression", "content_click"})
+
+# Identifiers end up inside Redis keys and hash tags: no braces, glob characters, whitespace or controls.
+ID_PATTERN = r"^[^\s{}*?\[\]\x00-\x1f\x7f]{1,128}$"
+Id = Annotated[str, Meta(pattern=ID_PATTERN, description="1-128 chars; no whitespace, braces, * ? [ ]")]
+ShortText = Annotated[str, Meta(max_length=128)]
+Text = Annotated[str, Meta(max_length=2000)]
+Quantity = Annotated[int, Meta(ge=-1_000_000, le=1_000_000)]
+Money = Annotated[float, Meta(ge=-1e9, le=1e9)]
+PropValue = str | int | float | bool | None
+
+MAX_BATCH = 1000
+MAX_FUTURE_SECONDS = 24 * 3600  # clocks drift; a day ahead is a client bug, not drift
+MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
+MAX_PROPERTIES = 50
+
+
+class EventContext(Struct, omit_defaults=True, forbid_unknown_fields=True):
+    session_id: Id | None = None
+    device: ShortText | None = None
+    country: ShortText | None = None
+    campaign: ShortText | None = None
+    touchpoint: ShortText | None = None
+
+
+class Event(Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """One thing a customer did on one channel. `normalize()` fills event_id and timestamp."""
+
+    type: EventType
+    channel: Channel
+    event_id: Id | None = None
+    customer_id: Id | None = None
+    anonymous_id: Id | None = None
+    device_id: Id | None = None
+    email_hash: Id | None = None
+    timestamp: datetime | None = None
+    item_id: Id | None = None
+    offer_id: Id | None = None
+    content_id: Id | None = None
+    decision_id: Id | None = None
+    quantity: Quantity | None = None
+    value: Money | None = None
+    context: EventContext | None = None
+    properties: dict[ShortText, PropValue] | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.customer_id or self.anonymous_id or self.device_id or self.email_hash):
+            raise ValueError(
+                "customer_id: an event needs at least one identifier "
+                "(customer_id, anonymous_id, device_id or email_hash)"
+            )
+        if self.type in ITEM_EVENTS and not self.item_id:
+            raise ValueError(f"item_id: required for type '{self.type}'")
+        if self.type in OFFER_EVENTS and not self.offer_id:
+            raise ValueError(f"offer_id: required for type '{self.type}'")
+        if self.type in CONTENT_EVENTS and not self.content_id:
+            raise ValueError(f"content_id: required for type '{self.type}'")
+        if self.timestamp is not None:
+            ts = self.timestamp
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=timezone.utc)
+                self.timestamp = ts
+            epoch = ts.timestamp()
+            if epoch > time.time() + MAX_FUTURE_SECONDS:
+                raise ValueError("timestamp: more than 24 hours in the future")
+            if epoch < MIN_TIMESTAMP:
+                raise ValueError("timestamp: before 2000-01-01")
+        if self.properties is not None and len(self.properties) > MAX_PROPERTIES:
+            raise ValueError(f"properties: at most {MAX_PROPERTIES} keys")
+
+    @property
+    def ts(self) -> float:
+        """Epoch seconds (UTC); call after normalize()."""
+        assert self.timestamp is not None
+        return self.timestamp.timestamp()
+
+    @property
+    def country(self) -> str | None:
+        return self.context.country if self.context else None
+
+    @property
+    def session_id(self) -> str | None:
+        return self.context.session_id if self.context else None
+
+
+def normalize(event: Event, now: float | None = None) -> Event:
+    """Give an event its server-side defaults: a fresh event_id and the receive time."""
+    if event.event_id is None:
+        event.event_id = uuid.uuid4().hex
+    if event.timestamp is None:
+        event.timestamp = datetime.fromtimestamp(now if now is not None else time.time(), tz=timezone.utc)
+    return event
+
+
+class Item(Struct, omit_defaults=True, forbid_unknown_fields=True):
+    """A catalog item. `categories` are ordered from general to specific."""
+
+    item_id: Id
+    title: Text = ""
+    categories: Annotated[list[ShortText], Meta(max_length=20)] = []
+    price: Annotated[float, Meta(ge=0, le=1e9)] | None = None
+    attributes: dict[ShortText, PropValue] = {}
+    available: bool = True
+
+
+MAX_ITEMS_PER_UPSERT = 10_000
+
+
+class IngestResult(Struct):
+    accepted: int
+    duplicates: int
+    duplicate_ids: list[str] = []
+
+
+# ---- the live profile, read from the online store in one round trip ----
+
+
+class RecentEvent(Struct, omit_defaults=True):
+    type: str
+    channel: str
+    ts: float
+    item_id: str | None = None
+    offer_id: str | None = None
+    content_id: str | None = None
+    decision_id: str | None = None
+
+
+class Session(Struct):
+    session_id: str
+    started: float
+    last: float
+    items: list[str]  # item ids touched in this session, most recent first
+
+
+class Profile(Struct, omit_defaults=True):
+    """Everything the service knows live about one person (all linked ids merged)."""
+
+    customer_id: str  # the canonical id every linked id resolves to
+    linked_ids: list[str] = []
+    first_seen: float | None = None
+    last_seen: float | None = None
+    country: str | None = None
+    counts: dict[str, int] = {}  # "type:purchase" -> n, "channel:web" -> n
+    last_seen_by_channel: dict[str, float] = {}
+    recent: list[RecentEvent] = []  # newest first
+    item_affinity: list[tuple[str, float]] = []  # decayed to read time, best first
+    category_affinity: list[tuple[str, float]] = []
+    purchased: dict[str, float] = {}  # item -> last purchase ts
+    returned: dict[str, float] = {}
+    cart: dict[str, int] = {}
+    session: Session | None = None
+    monetary: float = 0.0
+    orders: int = 0
+    traits: dict[str, str] = {}  # published by offline jobs: segment, cluster, churn_risk, cltv, consent_*
+
+
+# ---- the offline log row: one flat record per accepted event ----
+
+
+class LogRecord(Struct, omit_defaults=True, array_like=True):
+    """What goes on the Redis Stream and, flattened, into Parquet. array_like keeps the stream entry small."""
+
+    event_id: str
+    person_id: str  # canonical id at ingest time
+    type: str
+    channel: str
+    ts: float
+    customer_id: str | None = None
+    anonymous_id: str | None = None
+    device_id: str | None = None
+    email_hash: str | None = None
+    item_id: str | None = None
+    offer_id: str | None = None
+    content_id: str | None = None
+    decision_id: str | None = None
+    quantity: int | None = None
+    value: float | None = None
+    session_id: str | None = None
+    device: str | None = None
+    country: str | None = None
+    campaign: str | None = None
+    touchpoint: str | None = None
+    properties: str | None = None  # JSON text
+    ingested_at: float = 0.0
+
+
+LOG_COLUMNS: tuple[str, ...] = LogRecord.__struct_fields__
+
+_json_encoder = msgspec.json.Encoder()
+
+
+def to_log_record(event: Event, person_id: str, ingested_at: float) -> LogRecord:
+    ctx = event.context
+    assert event.event_id is not None
+    return LogRecord(
+        event_id=event.event_id,
+        person_id=person_id,
+        type=event.type,
+        channel=event.channel,
+        ts=event.ts,
+        customer_id=event.customer_id,
+        anonymous_id=event.anonymous_id,
+        device_id=event.device_id,
+        email_hash=event.email_hash,
+        item_id=event.item_id,
+        offer_id=event.offer_id,
+        content_id=event.content_id,
+        decision_id=event.decision_id,
+        quantity=event.quantity,
+        value=event.value,
+        session_id=ctx.session_id if ctx else None,
+        device=ctx.device if ctx else None,
+        country=ctx.country if ctx else None,
+        campaign=ctx.campaign if ctx else None,
+        touchpoint=ctx.touchpoint if ctx else None,
+        properties=_json_encoder.encode(event.properties).decode() if event.properties else None,
+        ingested_at=ingested_at,
+    )
+
+
+_log_decoder = msgspec.msgpack.Decoder(LogRecord)
+_log_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_log_record(rec: LogRecord) -> bytes:
+    return _log_encoder.encode(rec)
+
+
+def decode_log_record(data: bytes) -> LogRecord:
+    return _log_decoder.decode(data)
+
+
+def event_identifiers(event: Event) -> list[str]:
+    """Every id on the event, as `kind:value`, customer first: the candidates identity resolution links."""
+    out = []
+    if event.customer_id:
+        out.append("customer:" + event.customer_id)
+    if event.anonymous_id:
+        out.append("anonymous:" + event.anonymous_id)
+    if event.device_id:
+        out.append("device:" + event.device_id)
+    if event.email_hash:
+        out.append("email:" + event.email_hash)
+    return out
+
+
+def decode_events(body: bytes) -> list[Event]:
+    """Decode one event or a JSON array of events; raises msgspec.ValidationError/DecodeError naming the field."""
+    stripped = body.lstrip()
+    if stripped[:1] == b"[":
+        events = msgspec.json.decode(body, type=list[Event])
+        if len(events) > MAX_BATCH:
+            raise msgspec.ValidationError(f"batch: at most {MAX_BATCH} events per request, got {len(events)}")
+        return events
+    return [msgspec.json.decode(body, type=Event)]
+
+
+def as_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)
+
+
+class LinkRecord(Struct, array_like=True):
+    """An identity link, logged so training can re-attribute anonymous history: alias -> person."""
+
+    alias: str  # kind:value
+    person_id: str
+    ts: float
+
+
+_link_decoder = msgspec.msgpack.Decoder(LinkRecord)
+
+
+def encode_link_record(rec: LinkRecord) -> bytes:
+    return _log_encoder.encode(rec)
+
+
+def decode_link_record(data: bytes) -> LinkRecord:
+    return _link_decoder.decode(data)
