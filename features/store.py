@@ -37,6 +37,10 @@ class FeatureStore(Protocol):
 
     async def get_items(self, item_ids: Sequence[str]) -> dict[str, Item]: ...
 
+    async def item_ids(self) -> list[str]:
+        """Every catalog item id (from the catalog index set)."""
+        ...
+
     async def resolve(self, any_id: str) -> str:
         """The canonical person id for a customer id or any linked alias value (itself when unknown)."""
         ...
