@@ -20,15 +20,18 @@ Layout (P = the prefix, default `rs:v1`):
 | P:c:{person}:ids            | set    | every alias linked to this person                  | TTL PERSON_TTL   |
 | P:i:{item}                  | hash   | catalog item: j (msgpack Item), cats, avail, price | none (catalog)   |
 | P:i:{item}:n                | hash   | event counts by type                               | TTL ITEM_STATS_TTL |
-| P:pop:{scope}:{window}      | zset   | item popularity, forward-decayed                   | POPULAR_CAP      |
+| P:pop:{scope}:pop           | zset   | item popularity, forward-decayed (14-day half-life)| POPULAR_CAP      |
+| P:pop:{scope}:h:{hour}      | zset   | item events in one hour (hours since 1970), trending | EXPIREAT hour end + TRENDING_KEEP |
 | P:ev:{event_id}             | string | idempotency marker                                 | TTL DEDUPE_TTL   |
 | P:log                       | stream | offline log entries, trimmed only after drain ack  | drained          |
 | P:erased                    | set    | customer ids erased for privacy                    | none             |
 
 Person-hash field names: `first`, `last`, `country`, `n` (events), `orders`, `monetary`,
 `cnt:type:<type>`, `cnt:channel:<channel>`, `ls:<channel>` (last seen), `t:<trait>` (published traits).
-Popularity scopes: `all`, `ch:<channel>`, `co:<country>`; windows: `pop` (POPULAR_HALF_LIFE), `trend`
-(TRENDING_HALF_LIFE).
+Popularity scopes: `all`, `ch:<channel>`, `co:<country>`. Trending is read as the hourly buckets of the last
+TRENDING_KEEP seconds weighted by 2**(-age/TRENDING_HALF_LIFE): a forward-decayed score with a one-day half-life
+would overflow a double within three years of the epoch. Events older than TRENDING_KEEP (history imports) add to
+popularity but not to trending.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ DECAY_EPOCH = 1577836800.0  # 2020-01-01T00:00:00Z
 AFFINITY_HALF_LIFE = 30 * DAY
 POPULAR_HALF_LIFE = 14 * DAY
 TRENDING_HALF_LIFE = 1 * DAY
+TRENDING_KEEP = int(2 * DAY)
+HOUR = 3600
 
 # How much each event type says about interest in its item (and the item's categories).
 AFFINITY_WEIGHTS: dict[str, float] = {
@@ -117,8 +122,12 @@ class Keys:
     def item_stats(self, item_id: str) -> str:
         return f"{self.prefix}:i:{{{item_id}}}:n"
 
-    def popular(self, scope: str, window: str) -> str:
-        return f"{self.prefix}:pop:{{{scope}}}:{window}"
+    def popular(self, scope: str) -> str:
+        return f"{self.prefix}:pop:{{{scope}}}:pop"
+
+    def trending(self, scope: str, hour: int) -> str:
+        """hour = int(ts // 3600)."""
+        return f"{self.prefix}:pop:{{{scope}}}:h:{hour}"
 
     def dedupe(self, event_id: str) -> str:
         return f"{self.prefix}:ev:{{{event_id}}}"

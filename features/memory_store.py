@@ -1,0 +1,367 @@
+"""The in-process adapter of the FeatureStore port: the embedded default of the local demo.
+
+Same semantics as the Redis store (dedupe, identity link and merge, decay, caps, offline log with pending entries),
+checked by the same contract tests. Not shared between processes, not persisted, no TTL expiry (caps still bound it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from features import keys as K
+from features.schema import (
+    Event,
+    IngestResult,
+    Item,
+    LinkRecord,
+    LogRecord,
+    Profile,
+    RecentEvent,
+    Session,
+    event_identifiers,
+    normalize,
+    to_log_record,
+)
+from features.store import LogEntry, Window
+
+
+@dataclass
+class _Person:
+    hash: dict[str, float | str] = field(default_factory=dict)
+    recent: list[RecentEvent] = field(default_factory=list)  # newest first
+    ia: dict[str, float] = field(default_factory=dict)
+    ca: dict[str, float] = field(default_factory=dict)
+    bought: dict[str, float] = field(default_factory=dict)
+    returned: dict[str, float] = field(default_factory=dict)
+    cart: dict[str, int] = field(default_factory=dict)
+    session: dict[str, float | str] = field(default_factory=dict)
+    session_items: list[str] = field(default_factory=list)
+    ids: set[str] = field(default_factory=set)
+
+
+def _trim(z: dict[str, float], cap: int) -> None:
+    if len(z) > cap:
+        for member, _ in sorted(z.items(), key=lambda kv: (kv[1], kv[0]))[: len(z) - cap]:
+            del z[member]
+
+
+def _top(z: Mapping[str, float], k: int) -> list[tuple[str, float]]:
+    return sorted(z.items(), key=lambda kv: (-kv[1], kv[0]))[:k] if k >= 0 else sorted(z.items(), key=lambda kv: -kv[1])
+
+
+class MemoryFeatureStore:
+    backend = "memory"
+
+    def __init__(self) -> None:
+        self.people: dict[str, _Person] = {}
+        self.aliases: dict[str, str] = {}
+        self.items: dict[str, Item] = {}
+        self.item_stats: dict[str, dict[str, int]] = {}
+        self.pop: dict[str, dict[str, float]] = {}
+        self.trend: dict[tuple[str, int], dict[str, float]] = {}
+        self.seen: set[str] = set()
+        self.erased: set[str] = set()
+        self._log: list[tuple[str, LogRecord | LinkRecord]] = []
+        self._seq = 0
+        self._cursors: dict[str, int] = {}  # group -> sequence number of the last delivered entry
+        self._pending: dict[tuple[str, str], dict[str, LogRecord | LinkRecord]] = {}
+        self._lock = asyncio.Lock()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    # ---- writes ----
+
+    def _append_log(self, rec: LogRecord | LinkRecord, now: float) -> None:
+        self._seq += 1
+        self._log.append((f"{int(now * 1000)}-{self._seq}", rec))
+
+    def _person(self, pid: str) -> _Person:
+        p = self.people.get(pid)
+        if p is None:
+            p = self.people[pid] = _Person()
+        return p
+
+    def _link(self, alias: str, person: str, ts: float, now: float) -> None:
+        self.aliases[alias] = person
+        self._person(person).ids.add(alias)
+        self._append_log(LinkRecord(alias=alias, person_id=person, ts=ts), now)
+
+    def _merge(self, old: str, new: str) -> None:
+        o, n = self.people.pop(old), self._person(new)
+        for f, v in o.hash.items():
+            if f == "first":
+                n.hash[f] = min(float(n.hash.get(f, v)), float(v))
+            elif f == "last" or f.startswith("ls:"):
+                n.hash[f] = max(float(n.hash.get(f, v)), float(v))
+            elif f in ("n", "orders", "monetary") or f.startswith("cnt:"):
+                n.hash[f] = float(n.hash.get(f, 0)) + float(v)
+            elif f != "anon":
+                n.hash.setdefault(f, v)
+        n.recent = sorted(o.recent + n.recent, key=lambda r: -r.ts)[: K.RECENT_CAP]
+        for mine, theirs, cap in ((n.ia, o.ia, K.ITEM_AFF_CAP), (n.ca, o.ca, K.CAT_AFF_CAP)):
+            for m, s in theirs.items():
+                mine[m] = mine.get(m, 0.0) + s
+            _trim(mine, cap)
+        for mine, theirs in ((n.bought, o.bought), (n.returned, o.returned)):
+            for m, s in theirs.items():
+                mine[m] = max(mine.get(m, s), s)
+        for m, q in o.cart.items():
+            n.cart[m] = n.cart.get(m, 0) + q
+        if not n.session and o.session:
+            n.session, n.session_items = o.session, o.session_items
+        n.ids |= o.ids
+
+    def _resolve_for_write(self, aliases: list[str], customer: str | None, ts: float, now: float) -> tuple[str, bool]:
+        if customer:
+            for alias in aliases:
+                if alias.startswith("customer:"):
+                    continue
+                cur = self.aliases.get(alias)
+                if cur != customer:
+                    anon = cur or alias
+                    if anon in self.people and self.people[anon].hash.get("anon") == "1":
+                        self._merge(anon, customer)
+                    self._link(alias, customer, ts, now)
+            return customer, False
+        person = next((self.aliases[a] for a in aliases if a in self.aliases), None)
+        fresh = person is None
+        if person is None:
+            person = aliases[0]
+        for alias in aliases:
+            if alias != person and alias not in self.aliases:
+                self._link(alias, person, ts, now)
+        return person, fresh
+
+    async def ingest(self, events: Sequence[Event], now: float | None = None) -> IngestResult:
+        now = time.time() if now is None else now
+        dups: list[str] = []
+        async with self._lock:
+            for event in events:
+                normalize(event, now)
+                assert event.event_id is not None
+                if event.event_id in self.seen:
+                    dups.append(event.event_id)
+                    continue
+                self.seen.add(event.event_id)
+                self._apply(event, now)
+        return IngestResult(accepted=len(events) - len(dups), duplicates=len(dups), duplicate_ids=dups)
+
+    def _apply(self, e: Event, now: float) -> None:
+        ts, item, country = e.ts, e.item_id, e.country
+        person, anonymous = self._resolve_for_write(event_identifiers(e), e.customer_id, ts, now)
+        p = self._person(person)
+        h = p.hash
+        if anonymous:
+            h.setdefault("anon", "1")
+        for f in ("n", f"cnt:type:{e.type}", f"cnt:channel:{e.channel}"):
+            h[f] = float(h.get(f, 0)) + 1
+        if "first" not in h or ts < float(h["first"]):
+            h["first"] = ts
+        if "last" not in h or ts >= float(h["last"]):
+            h["last"] = ts
+            if country:
+                h["country"] = country
+        ls = f"ls:{e.channel}"
+        if ls not in h or ts > float(h[ls]):
+            h[ls] = ts
+        if e.type == "purchase":
+            h["orders"] = float(h.get("orders", 0)) + 1
+            h["monetary"] = float(h.get("monetary", 0)) + (e.value or 0.0)
+        elif e.type == "return" and e.value:
+            h["monetary"] = float(h.get("monetary", 0)) - abs(e.value)
+        p.recent.insert(
+            0,
+            RecentEvent(
+                type=e.type, channel=e.channel, ts=ts, item_id=item, offer_id=e.offer_id,
+                content_id=e.content_id, decision_id=e.decision_id,
+            ),
+        )
+        del p.recent[K.RECENT_CAP :]
+        if item:
+            aw = K.AFFINITY_WEIGHTS.get(e.type)
+            if aw is not None:
+                inc = aw * K.decay_factor(K.AFFINITY_HALF_LIFE, ts)
+                p.ia[item] = p.ia.get(item, 0.0) + inc
+                _trim(p.ia, K.ITEM_AFF_CAP)
+                cats = self.items[item].categories if item in self.items else []
+                for cat in cats:
+                    p.ca[cat] = p.ca.get(cat, 0.0) + inc
+                if cats:
+                    _trim(p.ca, K.CAT_AFF_CAP)
+            if e.type == "purchase":
+                p.bought[item] = max(p.bought.get(item, ts), ts)
+                _trim(p.bought, K.PURCHASED_CAP)
+                p.cart.pop(item, None)
+            elif e.type == "return":
+                p.returned[item] = max(p.returned.get(item, ts), ts)
+                _trim(p.returned, K.RETURNED_CAP)
+            elif e.type in ("add_to_cart", "remove_from_cart"):
+                q = abs(e.quantity or 0) or 1
+                q = -q if e.type == "remove_from_cart" else q
+                left = p.cart.get(item, 0) + q
+                if left <= 0:
+                    p.cart.pop(item, None)
+                else:
+                    p.cart[item] = left
+            pw = K.POPULARITY_WEIGHTS.get(e.type)
+            if pw is not None:
+                inc = pw * K.decay_factor(K.POPULAR_HALF_LIFE, ts)
+                hour = int(ts // K.HOUR)
+                live = (hour + 1) * K.HOUR + K.TRENDING_KEEP > now
+                for scope in ("all", f"ch:{e.channel}") + ((f"co:{country}",) if country else ()):
+                    z = self.pop.setdefault(scope, {})
+                    z[item] = z.get(item, 0.0) + inc
+                    if len(z) > K.POPULAR_CAP * 1.1:
+                        _trim(z, K.POPULAR_CAP)
+                    if live:
+                        t = self.trend.setdefault((scope, hour), {})
+                        t[item] = t.get(item, 0.0) + pw
+                stats = self.item_stats.setdefault(item, {})
+                stats[e.type] = stats.get(e.type, 0) + 1
+        if ts >= now - K.SESSION_TTL:
+            s = p.session
+            sid = s.get("id")
+            if e.session_id and e.session_id != sid:
+                sid = None
+            if not sid or "last" not in s or ts - float(s["last"]) > K.SESSION_TTL:
+                p.session = s = {"id": e.session_id or e.event_id or "", "started": ts}
+                p.session_items = []
+            s["last"] = max(ts, float(s.get("last", ts)))
+            if item:
+                if item in p.session_items:
+                    p.session_items.remove(item)
+                p.session_items.insert(0, item)
+                del p.session_items[K.SESSION_ITEMS_CAP :]
+        self._append_log(to_log_record(e, person, now), now)
+
+    async def upsert_items(self, items: Sequence[Item]) -> int:
+        for item in items:
+            self.items[item.item_id] = item
+        return len(items)
+
+    async def set_traits(self, traits: Mapping[str, Mapping[str, str]]) -> int:
+        for person, values in traits.items():
+            h = self._person(person).hash
+            for k, v in values.items():
+                h[f"t:{k}"] = str(v)
+        return len(traits)
+
+    async def erase(self, customer_id: str) -> bool:
+        person = await self.resolve(customer_id)
+        p = self.people.pop(person, None)
+        if p is not None:
+            for alias in p.ids:
+                self.aliases.pop(alias, None)
+        self.erased |= {person, customer_id}
+        return p is not None
+
+    async def erased_ids(self) -> set[str]:
+        return set(self.erased)
+
+    # ---- reads ----
+
+    async def get_items(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        return {i: self.items[i] for i in item_ids if i in self.items}
+
+    async def item_ids(self) -> list[str]:
+        return sorted(self.items)
+
+    async def resolve(self, any_id: str) -> str:
+        if any_id in self.people:
+            return any_id
+        for kind in K.ALIAS_KINDS[1:]:
+            if f"{kind}:{any_id}" in self.aliases:
+                return self.aliases[f"{kind}:{any_id}"]
+        for kind in K.ALIAS_KINDS[1:]:
+            if K.anonymous_person(kind, any_id) in self.people:
+                return K.anonymous_person(kind, any_id)
+        return any_id
+
+    async def profile(self, any_id: str, now: float | None = None) -> Profile | None:
+        now = time.time() if now is None else now
+        person = await self.resolve(any_id)
+        p = self.people.get(person)
+        if p is None or not p.hash:
+            return None
+        h = p.hash
+        fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
+        session = None
+        if p.session and float(p.session.get("last", 0)) >= now - K.SESSION_TTL:
+            session = Session(
+                session_id=str(p.session["id"]), started=float(p.session["started"]),
+                last=float(p.session["last"]), items=list(p.session_items),
+            )
+        return Profile(
+            customer_id=person,
+            linked_ids=sorted(p.ids),
+            first_seen=float(h["first"]) if "first" in h else None,
+            last_seen=float(h["last"]) if "last" in h else None,
+            country=str(h["country"]) if "country" in h else None,
+            counts={f[4:]: int(float(v)) for f, v in h.items() if f.startswith("cnt:")},
+            last_seen_by_channel={f[3:]: float(v) for f, v in h.items() if f.startswith("ls:")},
+            recent=p.recent[:50],
+            item_affinity=[(i, s * fa) for i, s in _top(p.ia, 50)],
+            category_affinity=[(c, s * fa) for c, s in _top(p.ca, 20)],
+            purchased=dict(p.bought),
+            returned=dict(p.returned),
+            cart=dict(p.cart),
+            session=session,
+            monetary=float(h.get("monetary", 0.0)),
+            orders=int(float(h.get("orders", 0))),
+            traits={f[2:]: str(v) for f, v in h.items() if f.startswith("t:")},
+        )
+
+    async def popular(
+        self, scope: str = "all", window: Window = "pop", k: int = 100, now: float | None = None
+    ) -> list[tuple[str, float]]:
+        now = time.time() if now is None else now
+        if window == "pop":
+            f = K.read_factor(K.POPULAR_HALF_LIFE, now)
+            return [(i, s * f) for i, s in _top(self.pop.get(scope, {}), k)]
+        hour = int(now // K.HOUR)
+        scores: dict[str, float] = {}
+        for h in range(hour - K.TRENDING_KEEP // K.HOUR, hour + 1):
+            w = min(1.0, 2.0 ** (-((now - (h + 1) * K.HOUR) / K.TRENDING_HALF_LIFE)))
+            for item, s in self.trend.get((scope, h), {}).items():
+                scores[item] = scores.get(item, 0.0) + s * w
+        return _top(scores, k)
+
+    # ---- the offline log ----
+
+    async def log_read(self, group: str, consumer: str, count: int, block_ms: int = 0) -> list[LogEntry]:
+        cursor = self._cursors.get(group, 0)
+        fresh = [(i, r) for i, r in self._log if _seq(i) > cursor][:count]
+        if fresh:
+            self._cursors[group] = _seq(fresh[-1][0])
+            self._pending.setdefault((group, consumer), {}).update(dict(fresh))
+        return fresh
+
+    async def log_pending(self, group: str, consumer: str, count: int) -> list[LogEntry]:
+        pend = self._pending.get((group, consumer), {})
+        return sorted(pend.items(), key=lambda kv: _seq(kv[0]))[:count]
+
+    async def log_ack(self, group: str, entry_ids: Sequence[str]) -> int:
+        done = set(entry_ids)
+        acked = 0
+        for (g, _c), pend in self._pending.items():
+            if g == group:
+                for i in done & pend.keys():
+                    del pend[i]
+                    acked += 1
+        self._log = [(i, r) for i, r in self._log if i not in done]
+        return acked
+
+    async def log_length(self) -> int:
+        return len(self._log)
+
+
+def _seq(entry_id: str) -> int:
+    """Entry ids are `ms-seq` like Redis's; seq alone orders them (callers may pass any `now`)."""
+    return int(entry_id.partition("-")[2])
