@@ -6,7 +6,6 @@ checked by the same contract tests. Not shared between processes, not persisted,
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,7 +67,6 @@ class MemoryFeatureStore:
         self._seq = 0
         self._cursors: dict[str, int] = {}  # group -> sequence number of the last delivered entry
         self._pending: dict[tuple[str, str], dict[str, LogRecord | LinkRecord]] = {}
-        self._lock = asyncio.Lock()
 
     async def ping(self) -> bool:
         return True
@@ -142,15 +140,15 @@ class MemoryFeatureStore:
     async def ingest(self, events: Sequence[Event], now: float | None = None) -> IngestResult:
         now = time.time() if now is None else now
         dups: list[str] = []
-        async with self._lock:
-            for event in events:
-                normalize(event, now)
-                assert event.event_id is not None
-                if event.event_id in self.seen:
-                    dups.append(event.event_id)
-                    continue
-                self.seen.add(event.event_id)
-                self._apply(event, now)
+        # no await inside: under asyncio the whole batch applies atomically, like the Redis script
+        for event in events:
+            normalize(event, now)
+            assert event.event_id is not None
+            if event.event_id in self.seen:
+                dups.append(event.event_id)
+                continue
+            self.seen.add(event.event_id)
+            self._apply(event, now)
         return IngestResult(accepted=len(events) - len(dups), duplicates=len(dups), duplicate_ids=dups)
 
     def _apply(self, e: Event, now: float) -> None:

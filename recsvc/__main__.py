@@ -1,0 +1,3 @@
+from recsvc.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""The `recsvc` command: serve, import, drain, train and the one-process local demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from features.importers import ImportReport, import_events, import_online_retail
+from features.offline_log import drain
+from features.store import FeatureStore
+from recsvc.lifespan import open_store
+from recsvc.logging import configure_logging
+from recsvc.settings import Settings
+
+BUNDLED_RETAIL = Path(__file__).resolve().parent.parent / "data" / "online_retail.csv.gz"
+log = logging.getLogger("recsvc.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsvc", description="Personalization and recommendation service")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="serve the API")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1)
+    i = sub.add_parser("import", help="bulk-import data into the feature store")
+    i.add_argument("kind", choices=["online-retail", "events"])
+    i.add_argument("path", type=Path)
+    i.add_argument("--batch-size", type=int, default=1000)
+    d = sub.add_parser("drain", help="move the event stream into the Parquet offline log")
+    d.add_argument("--follow", action="store_true", help="keep draining until interrupted")
+    sub.add_parser("train", help="train models (see `recsvc train --help`)", add_help=False)
+    demo = sub.add_parser("demo", help="import the bundled data, drain, train, serve (embedded store, open access)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--skip-train", action="store_true")
+    return p
+
+
+async def _import(store: FeatureStore, kind: str, path: Path, batch_size: int) -> ImportReport:
+    if kind == "online-retail":
+        return await import_online_retail(store, path, batch_size=batch_size)
+    return await import_events(store, path, batch_size=batch_size)
+
+
+async def _import_and_drain(settings: Settings, kind: str, path: Path, batch_size: int) -> int:
+    store = open_store(settings)
+    try:
+        report = await _import(store, kind, path, batch_size)
+        print(report.summary())
+        if store.backend == "memory":
+            # nothing else can read an in-process stream: put it in the offline log now
+            print((await drain(store, settings.data_dir, progress=True)).summary())
+    finally:
+        await store.close()
+    return 0
+
+
+async def _drain(settings: Settings, follow: bool) -> int:
+    store = open_store(settings)
+    stop = asyncio.Event()
+    try:
+        report = await drain(store, settings.data_dir, once=not follow, progress=not follow, stop=stop)
+        print(report.summary())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        stop.set()
+    finally:
+        await store.close()
+    return 0
+
+
+def _train(argv: list[str]) -> int:
+    try:
+        training_cli = importlib.import_module("training.cli")  # training deps live only in the train image
+    except ImportError as exc:
+        print(f"recsvc train needs the training extras: pip install 'recsvc[train]' ({exc})", file=sys.stderr)
+        return 2
+    return int(training_cli.main(argv))
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int, store: FeatureStore | None = None) -> int:
+    import uvicorn
+
+    from recsvc.app import create_app
+
+    if store is not None:  # the demo hands over its in-process store
+        uvicorn.run(create_app(settings, store=store), host=host, port=port, log_level="warning")
+    else:
+        uvicorn.run("recsvc.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    settings = Settings.from_env({**os.environ, "RECSVC_OPEN": "true"})
+    configure_logging(settings.log_json)
+    store = open_store(settings)
+
+    async def load() -> None:
+        report = await import_online_retail(store, BUNDLED_RETAIL)
+        print(report.summary())
+        print((await drain(store, settings.data_dir, progress=True)).summary())
+
+    asyncio.run(load())
+    if not args.skip_train:
+        code = _train(["all", "--data-dir", str(settings.data_dir)])
+        if code:
+            print(f"training failed with code {code}; serving the live features without models", file=sys.stderr)
+    print(f"serving on http://{args.host}:{args.port} (open access; OpenAPI at /schema)")
+    return _serve(settings, args.host, args.port, 1, store=store)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        return _train(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.cmd == "demo":
+        return _demo(args)
+    settings = Settings.from_env()
+    configure_logging(settings.log_json)
+    if args.cmd == "serve":
+        return _serve(settings, args.host, args.port, args.workers)
+    if args.cmd == "import":
+        if not args.path.exists():
+            print(f"path: {args.path} does not exist", file=sys.stderr)
+            return 2
+        return asyncio.run(_import_and_drain(settings, args.kind, args.path, args.batch_size))
+    if args.cmd == "drain":
+        return asyncio.run(_drain(settings, args.follow))
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

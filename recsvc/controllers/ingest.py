@@ -1,0 +1,62 @@
+"""Ingestion and catalog routes: parse, hand to the store, answer. Validation lives in features.schema."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar.di import NamedDependency
+from litestar import Controller, Request, get, post, put
+from litestar.params import PathParameter
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from features.schema import ID_PATTERN, MAX_ITEMS_PER_UPSERT, IngestResult, Item, decode_events
+from features.store import FeatureStore
+from recsvc.errors import NotFound
+
+ItemId = Annotated[str, PathParameter(pattern=ID_PATTERN, max_length=128, description="catalog item id")]
+
+
+class UpsertResult(msgspec.Struct):
+    upserted: int
+
+
+class ItemsBody(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[Item]
+
+
+_items_list = msgspec.json.Decoder(list[Item])
+_items_body = msgspec.json.Decoder(ItemsBody)
+
+
+class EventsController(Controller):
+    path = "/v1/events"
+    tags = ["events"]
+
+    @post(status_code=HTTP_202_ACCEPTED, opt={"scope": "events:write"}, summary="Ingest one event or a batch (max 1,000)")
+    async def ingest(self, request: Request, store: NamedDependency[FeatureStore]) -> IngestResult:
+        """Body: one event object or a JSON array of them. All-or-nothing validation: one bad event rejects the
+        request before anything is stored. Replays (same event_id) are counted as duplicates, not stored again."""
+        events = decode_events(await request.body())
+        return await store.ingest(events)
+
+
+class CatalogController(Controller):
+    path = "/v1/catalog/items"
+    tags = ["catalog"]
+
+    @put(opt={"scope": "admin"}, summary="Upsert catalog items in bulk")
+    async def upsert(self, request: Request, store: NamedDependency[FeatureStore]) -> UpsertResult:
+        """Body: a JSON array of items, or {"items": [...]}; at most 10,000 per request."""
+        body = await request.body()
+        items = _items_body.decode(body).items if body.lstrip()[:1] == b"{" else _items_list.decode(body)
+        if len(items) > MAX_ITEMS_PER_UPSERT:
+            raise msgspec.ValidationError(f"items: at most {MAX_ITEMS_PER_UPSERT} per request, got {len(items)}")
+        return UpsertResult(upserted=await store.upsert_items(items))
+
+    @get("/{item_id:str}", opt={"scope": "recs:read"}, summary="One catalog item")
+    async def get_item(self, item_id: ItemId, store: NamedDependency[FeatureStore]) -> Item:
+        found = await store.get_items([item_id])
+        if item_id not in found:
+            raise NotFound(f"no catalog item {item_id!r}", "item_id")
+        return found[item_id]
