@@ -15,8 +15,7 @@ Layout (P = the prefix, default `rs:v1`):
 | P:c:{person}:b              | zset   | purchased item -> last ts                          | PURCHASED_CAP    |
 | P:c:{person}:rt             | zset   | returned item -> last ts                           | RETURNED_CAP     |
 | P:c:{person}:cart           | hash   | item -> quantity                                   | TTL CART_TTL     |
-| P:c:{person}:s              | hash   | current session: id, started, last                 | TTL SESSION_TTL  |
-| P:c:{person}:si             | list   | items of the current session, newest first         | SESSION_ITEMS_CAP|
+| P:c:{person}:s              | hash   | current session: id, started, last (its items are the recent events since `started`) | TTL SESSION_TTL |
 | P:c:{person}:ids            | set    | every alias linked to this person                  | TTL PERSON_TTL   |
 | P:i:{item}                  | hash   | catalog item: j (msgpack Item), cats, avail, price | none (catalog)   |
 | P:i:{item}:n                | hash   | event counts by type                               | TTL ITEM_STATS_TTL |
@@ -56,7 +55,6 @@ ITEM_AFF_CAP = 200
 CAT_AFF_CAP = 50
 PURCHASED_CAP = 500
 RETURNED_CAP = 200
-SESSION_ITEMS_CAP = 50
 POPULAR_CAP = 5000
 
 # Forward decay: a weight w at time t adds w * 2**((t - DECAY_EPOCH) / half_life) to a score; reading at `now`
@@ -113,7 +111,7 @@ class Keys:
         return f"{self.prefix}:id:{{{kind}:{value}}}"
 
     def person(self, person: str, part: str) -> str:
-        """part: p, r, ia, ca, b, rt, cart, s, si, ids."""
+        """part: p, r, ia, ca, b, rt, cart, s, ids."""
         return f"{self.prefix}:c:{{{person}}}:{part}"
 
     def item(self, item_id: str) -> str:

@@ -22,6 +22,7 @@ from features.schema import (
     Session,
     event_identifiers,
     normalize,
+    session_items,
     to_log_record,
 )
 from features.store import LogEntry, Window
@@ -37,7 +38,6 @@ class _Person:
     returned: dict[str, float] = field(default_factory=dict)
     cart: dict[str, int] = field(default_factory=dict)
     session: dict[str, float | str] = field(default_factory=dict)
-    session_items: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
 
 
@@ -113,7 +113,7 @@ class MemoryFeatureStore:
         for m, q in o.cart.items():
             n.cart[m] = n.cart.get(m, 0) + q
         if not n.session and o.session:
-            n.session, n.session_items = o.session, o.session_items
+            n.session = o.session
         n.ids |= o.ids
 
     def _resolve_for_write(self, aliases: list[str], customer: str | None, ts: float, now: float) -> tuple[str, bool]:
@@ -230,13 +230,7 @@ class MemoryFeatureStore:
                 sid = None
             if not sid or "last" not in s or ts - float(s["last"]) > K.SESSION_TTL:
                 p.session = s = {"id": e.session_id or e.event_id or "", "started": ts}
-                p.session_items = []
             s["last"] = max(ts, float(s.get("last", ts)))
-            if item:
-                if item in p.session_items:
-                    p.session_items.remove(item)
-                p.session_items.insert(0, item)
-                del p.session_items[K.SESSION_ITEMS_CAP :]
         self._append_log(to_log_record(e, person, now), now)
 
     async def upsert_items(self, items: Sequence[Item]) -> int:
@@ -294,7 +288,7 @@ class MemoryFeatureStore:
         if p.session and float(p.session.get("last", 0)) >= now - K.SESSION_TTL:
             session = Session(
                 session_id=str(p.session["id"]), started=float(p.session["started"]),
-                last=float(p.session["last"]), items=list(p.session_items),
+                last=float(p.session["last"]), items=session_items(p.recent, float(p.session["started"])),
             )
         return Profile(
             customer_id=person,

@@ -29,20 +29,20 @@ from features.schema import (
     decode_log_record,
     event_identifiers,
     normalize,
+    session_items,
     to_log_record,
 )
 from features.store import LogEntry, StoreUnavailable, Window
 
 T = TypeVar("T")
 
-_LUA = resources.files("features").joinpath("lua/ingest.lua").read_text(encoding="utf-8")
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
 _recent_decoder = msgspec.json.Decoder(RecentEvent)
 _item_decoder = msgspec.msgpack.Decoder(Item)
 
 # The numbers the Lua script needs, all from features/keys.py.
-LUA_CONFIG = json.dumps(
+LUA_CONFIG: dict[str, Any] = (
     {
         "decay_epoch": K.DECAY_EPOCH,
         "person_ttl": K.PERSON_TTL,
@@ -56,13 +56,27 @@ LUA_CONFIG = json.dumps(
         "cat_aff_cap": K.CAT_AFF_CAP,
         "purchased_cap": K.PURCHASED_CAP,
         "returned_cap": K.RETURNED_CAP,
-        "session_items_cap": K.SESSION_ITEMS_CAP,
         "popular_cap": K.POPULAR_CAP,
         "affinity_half_life": K.AFFINITY_HALF_LIFE,
         "popular_half_life": K.POPULAR_HALF_LIFE,
         "affinity": K.AFFINITY_WEIGHTS,
         "popularity": K.POPULARITY_WEIGHTS,
     }
+)
+
+
+def _lua_literal(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{json.dumps(k)}] = {_lua_literal(v)}" for k, v in value.items()) + "}"
+    return repr(float(value)) if isinstance(value, float) else str(int(value))
+
+
+# Compiled once by SCRIPT LOAD: per call, the config is a table constructor, not a JSON decode.
+_LUA = (
+    resources.files("features")
+    .joinpath("lua/ingest.lua")
+    .read_text(encoding="utf-8")
+    .replace("__CONFIG__", _lua_literal(LUA_CONFIG))
 )
 
 PROFILE_RECENT = 50
@@ -125,8 +139,9 @@ class RedisFeatureStore:
 
     async def _call(self, aw: Awaitable[T], timeout: float | None = None) -> T:
         try:
-            return await asyncio.wait_for(aw, timeout if timeout is not None else self.timeout_s)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(timeout if timeout is not None else self.timeout_s):  # no extra task
+                return await aw
+        except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     async def ping(self) -> bool:
@@ -145,7 +160,7 @@ class RedisFeatureStore:
             return IngestResult(accepted=0, duplicates=0)
         now = time.time() if now is None else now
         heads: list[list[Any]] = []
-        args: list[Any] = [self.keys.prefix, LUA_CONFIG, b"", now]
+        args: list[Any] = [self.keys.prefix, b"", b"", now]
         for e in events:
             head, recent, log = lua_event(normalize(e, now), now)
             heads.append(head)
@@ -197,7 +212,7 @@ class RedisFeatureStore:
         person = await self.resolve(customer_id)
         aliases = await self._call(self.client.smembers(self.keys.person(person, "ids")))
         pipe = self.client.pipeline(transaction=True)
-        for part in ("p", "r", "ia", "ca", "b", "rt", "cart", "s", "si", "ids"):
+        for part in ("p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids"):
             pipe.delete(self.keys.person(person, part))
         for alias in aliases:
             kind, _, value = _s(alias).partition(":")  # type: ignore[union-attr]
@@ -256,12 +271,11 @@ class RedisFeatureStore:
         pipe.zrevrange(k.person(person, "rt"), 0, -1, withscores=True)
         pipe.hgetall(k.person(person, "cart"))
         pipe.hgetall(k.person(person, "s"))
-        pipe.lrange(k.person(person, "si"), 0, -1)
         pipe.smembers(k.person(person, "ids"))
-        h, recent, ia, ca, bought, returned, cart, sess, sitems, ids = await self._call(pipe.execute())
+        h, recent, ia, ca, bought, returned, cart, sess, ids = await self._call(pipe.execute())
         if not h:
             return None
-        return build_profile(person, h, recent, ia, ca, bought, returned, cart, sess, sitems, ids, now)
+        return build_profile(person, h, recent, ia, ca, bought, returned, cart, sess, ids, now)
 
     async def popular(
         self, scope: str = "all", window: Window = "pop", k: int = 100, now: float | None = None
@@ -347,7 +361,6 @@ def build_profile(
     returned: Sequence[tuple[bytes, float]],
     cart: Mapping[bytes, bytes],
     sess: Mapping[bytes, bytes],
-    sitems: Sequence[bytes],
     ids: set[bytes],
     now: float,
 ) -> Profile:
@@ -363,16 +376,17 @@ def build_profile(
         elif f.startswith("t:"):
             traits[f[2:]] = v
     fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
+    recents = sorted((_recent_decoder.decode(b) for b in recent), key=lambda r: -r.ts)
     session = None
     if sess:
         ss = {_s(a): _s(b) for a, b in sess.items()}
+        started = float(ss.get("started") or 0)
         session = Session(
             session_id=ss.get("id") or "",
-            started=float(ss.get("started") or 0),
+            started=started,
             last=float(ss.get("last") or 0),
-            items=[_s(i) for i in sitems],  # type: ignore[misc]
+            items=session_items(recents, started),
         )
-    recents = sorted((_recent_decoder.decode(b) for b in recent), key=lambda r: -r.ts)
     return Profile(
         customer_id=person,
         linked_ids=sorted(_s(i) for i in ids),  # type: ignore[type-var]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
@@ -171,6 +172,21 @@ class Session(Struct):
     started: float
     last: float
     items: list[str]  # item ids touched in this session, most recent first
+
+
+SESSION_ITEMS_SHOWN = 50
+
+
+def session_items(recent: Sequence[RecentEvent], started: float) -> list[str]:
+    """Items touched since the session started, newest first, each once."""
+    out: list[str] = []
+    for r in recent:
+        if r.ts < started:
+            break
+        if r.item_id and r.item_id not in out:
+            out.append(r.item_id)
+    return out[: SESSION_ITEMS_SHOWN]
+
 
 
 class Profile(Struct, omit_defaults=True):

@@ -2,7 +2,7 @@
 -- Key names follow features/keys.py (a test checks they agree); every number comes in through ARGV[2].
 --
 -- ARGV[1] prefix, e.g. "rs:v1"
--- ARGV[2] JSON config: ttls, caps, weights, half-lives (from features/keys.py)
+-- ARGV[2] unused (kept so the argument positions stay stable)
 -- ARGV[3] JSON array of events; each event is an array (no nulls: "" and 0 stand for absent):
 --   1 event_id  2 aliases (array of "kind:value", customer first)  3 customer_id  4 type  5 channel  6 ts
 --   7 item_id  8 quantity  9 value  10 country  11 session_id
@@ -19,12 +19,12 @@
 -- hash tag, and the cross-slot parts (aliases, popularity, log) will need a per-slot split there.
 
 local P = ARGV[1]
-local cfg = cjson.decode(ARGV[2])
+local cfg = __CONFIG__  -- a Lua table literal rendered from features/keys.py when the script is loaded
 local events = cjson.decode(ARGV[3])
 local now = tonumber(ARGV[4])
 
 local E = cfg.decay_epoch
-local PARTS = {"p", "r", "ia", "ca", "b", "rt", "cart", "s", "si", "ids"}
+local PARTS = {"p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids"}
 
 local function pkey(person, part) return P .. ":c:{" .. person .. "}:" .. part end
 local function akey(alias) return P .. ":id:{" .. alias .. "}" end
@@ -87,11 +87,6 @@ local function merge(old, new)
   if redis.call("EXISTS", pkey(new, "s")) == 0 and redis.call("EXISTS", pkey(old, "s")) == 1 then
     redis.call("HSET", pkey(new, "s"), unpack(redis.call("HGETALL", pkey(old, "s"))))
     redis.call("EXPIRE", pkey(new, "s"), cfg.session_ttl)
-    local items = redis.call("LRANGE", pkey(old, "si"), 0, -1)
-    if #items > 0 then
-      redis.call("RPUSH", pkey(new, "si"), unpack(items))
-      redis.call("EXPIRE", pkey(new, "si"), cfg.session_ttl)
-    end
   end
   redis.call("SUNIONSTORE", pkey(new, "ids"), pkey(new, "ids"), pkey(old, "ids"))
   for _, part in ipairs(PARTS) do redis.call("DEL", pkey(old, part)) end
@@ -137,11 +132,11 @@ end
 
 -- Work that can wait to the end of the batch: summed per key and member, trimmed and expired once per key.
 local zinc, zcap, hinc, expire_at, expire = {}, {}, {}, {}, {}
-local function zadd_later(key, member, inc, cap)
+local function zadd_later(key, member, inc, check_cap)
   local t = zinc[key]
   if not t then t = {}; zinc[key] = t end
   t[member] = (t[member] or 0) + inc
-  if cap then zcap[key] = cap end
+  if check_cap then zcap[key] = cfg.popular_cap end
 end
 local cats_cache = {}
 local function item_cats(item)
@@ -164,8 +159,10 @@ for i = 1, #events do
     results[i] = 1
     local person, anonymous = resolve(aliases, customer, ts)
     local pk = pkey(person, "p")
-    local touched = {"p", "r"}
-    redis.call("HINCRBY", pk, "n", 1)
+    local touched = {"p", "r"}  -- keys whose TTL to refresh
+    -- the person's event count paces housekeeping: caps are enforced and TTLs refreshed every 16th event
+    -- (so a capped set overshoots by at most 16), and always when a key may have just been created
+    local housekeeping = redis.call("HINCRBY", pk, "n", 1) % 16 == 1
     redis.call("HINCRBY", pk, "cnt:type:" .. etype, 1)
     redis.call("HINCRBY", pk, "cnt:channel:" .. channel, 1)
     local lsf = "ls:" .. channel
@@ -194,25 +191,29 @@ for i = 1, #events do
       local aw = cfg.affinity[etype]
       if aw then
         local inc = decayed(aw, ts, cfg.affinity_half_life)
-        redis.call("ZINCRBY", pkey(person, "ia"), inc, item)
-        zcap[pkey(person, "ia")] = cfg.item_aff_cap
-        table.insert(touched, "ia")
+        local fresh = tonumber(redis.call("ZINCRBY", pkey(person, "ia"), inc, item)) == inc
+        if housekeeping then zcap[pkey(person, "ia")] = cfg.item_aff_cap end
+        if fresh or housekeeping then table.insert(touched, "ia") end
         local cats = item_cats(item)
         if cats ~= "" then
-          for cat in string.gmatch(cats, "[^|]+") do redis.call("ZINCRBY", pkey(person, "ca"), inc, cat) end
-          zcap[pkey(person, "ca")] = cfg.cat_aff_cap
-          table.insert(touched, "ca")
+          for cat in string.gmatch(cats, "[^|]+") do
+            if tonumber(redis.call("ZINCRBY", pkey(person, "ca"), inc, cat)) == inc then fresh = true end
+          end
+          if housekeeping then zcap[pkey(person, "ca")] = cfg.cat_aff_cap end
+          if fresh or housekeeping then table.insert(touched, "ca") end
         end
       end
       if etype == "purchase" then
-        redis.call("ZADD", pkey(person, "b"), "GT", ts, item)
-        zcap[pkey(person, "b")] = cfg.purchased_cap
-        table.insert(touched, "b")
+        if redis.call("ZADD", pkey(person, "b"), "GT", ts, item) == 1 or housekeeping then
+          table.insert(touched, "b")
+          if housekeeping then zcap[pkey(person, "b")] = cfg.purchased_cap end
+        end
         redis.call("HDEL", pkey(person, "cart"), item)
       elseif etype == "return" then
-        redis.call("ZADD", pkey(person, "rt"), "GT", ts, item)
-        zcap[pkey(person, "rt")] = cfg.returned_cap
-        table.insert(touched, "rt")
+        if redis.call("ZADD", pkey(person, "rt"), "GT", ts, item) == 1 or housekeeping then
+          table.insert(touched, "rt")
+          if housekeeping then zcap[pkey(person, "rt")] = cfg.returned_cap end
+        end
       elseif etype == "add_to_cart" or etype == "remove_from_cart" then
         local q = math.abs(qty)
         if q == 0 then q = 1 end
@@ -227,7 +228,7 @@ for i = 1, #events do
         local hour = math.floor(ts / 3600)
         local hour_expires = (hour + 1) * 3600 + cfg.trending_keep
         for _, scope in ipairs({"all", "ch:" .. channel, country ~= "" and ("co:" .. country) or nil}) do
-          zadd_later(P .. ":pop:{" .. scope .. "}:pop", item, inc, nil)
+          zadd_later(P .. ":pop:{" .. scope .. "}:pop", item, inc, housekeeping)
           if hour_expires > now then
             local hk = P .. ":pop:{" .. scope .. "}:h:" .. hour
             zadd_later(hk, item, pw, nil)
@@ -244,23 +245,16 @@ for i = 1, #events do
     -- the current session: only live events (history imports have none)
     if ts >= now - cfg.session_ttl then
       local sk = pkey(person, "s")
-      local sid = redis.call("HGET", sk, "id")
-      local slast = tonumber(redis.call("HGET", sk, "last"))
+      local cur_s = redis.call("HMGET", sk, "id", "last")
+      local sid, slast = cur_s[1], tonumber(cur_s[2])
       if session ~= "" and session ~= sid then sid = nil end
       if not sid or not slast or ts - slast > cfg.session_ttl then
         sid = session ~= "" and session or eid
-        redis.call("DEL", sk, pkey(person, "si"))
-        redis.call("HSET", sk, "id", sid, "started", ts)
+        redis.call("HSET", sk, "id", sid, "started", ts, "last", ts)
+      elseif ts > slast then
+        redis.call("HSET", sk, "last", ts)
       end
-      redis.call("HSET", sk, "last", math.max(ts, slast or ts))
       redis.call("EXPIRE", sk, cfg.session_ttl)
-      if item ~= "" then
-        local sik = pkey(person, "si")
-        redis.call("LREM", sik, 0, item)
-        redis.call("LPUSH", sik, item)
-        redis.call("LTRIM", sik, 0, cfg.session_items_cap - 1)
-        redis.call("EXPIRE", sik, cfg.session_ttl)
-      end
     end
 
     for _, part in ipairs(touched) do expire[pkey(person, part)] = cfg.person_ttl end
@@ -269,16 +263,22 @@ for i = 1, #events do
 end
 
 for key, members in pairs(zinc) do
-  for member, inc in pairs(members) do redis.call("ZINCRBY", key, inc, member) end
-  if string.find(key, ":pop$") and redis.call("ZCARD", key) > cfg.popular_cap * 1.1 then
-    trim_zset(key, cfg.popular_cap)
+  local fresh = false
+  for member, inc in pairs(members) do
+    if tonumber(redis.call("ZINCRBY", key, inc, member)) == inc then fresh = true end
   end
+  if expire_at[key] and fresh then redis.call("EXPIREAT", key, expire_at[key]) end
+  if zcap[key] and redis.call("ZCARD", key) > cfg.popular_cap * 1.1 then trim_zset(key, cfg.popular_cap) end
 end
-for key, cap in pairs(zcap) do trim_zset(key, cap) end
-for key, at in pairs(expire_at) do redis.call("EXPIREAT", key, at) end
+for key, cap in pairs(zcap) do
+  if not zinc[key] then trim_zset(key, cap) end
+end
 for key, fields in pairs(hinc) do
-  for f, n in pairs(fields) do redis.call("HINCRBY", key, f, n) end
-  redis.call("EXPIRE", key, cfg.item_stats_ttl)
+  local fresh = false
+  for f, n in pairs(fields) do
+    if redis.call("HINCRBY", key, f, n) == n then fresh = true end
+  end
+  if fresh then redis.call("EXPIRE", key, cfg.item_stats_ttl) end
 end
 for key, ttl in pairs(expire) do redis.call("EXPIRE", key, ttl) end
 return results

@@ -190,7 +190,7 @@ async def test_redis_keys_have_ttls_and_match_the_layout(redis_url: str, redis_p
     for key in found - unbounded:
         assert r.ttl(key) > 0, f"{key} has no TTL"
     # every key the script wrote is one the layout in features/keys.py names
-    pattern = re.compile(rf"^{re.escape(redis_prefix)}:(c:\{{[^}}]+\}}:(p|r|ia|ca|b|rt|cart|s|si|ids)|id:\{{[^}}]+\}}"
+    pattern = re.compile(rf"^{re.escape(redis_prefix)}:(c:\{{[^}}]+\}}:(p|r|ia|ca|b|rt|cart|s|ids)|id:\{{[^}}]+\}}"
                          rf"|i:\{{[^}}]+\}}(:n)?|pop:\{{[^}}]+\}}:(pop|h:\d+)|ev:\{{[^}}]+\}}|log|items)$")
     assert all(pattern.match(key) for key in found), [key for key in found if not pattern.match(key)]
     r.close()
