@@ -1,0 +1,110 @@
+"""`recsvc train recommender|segments|propensity|all` (also `python -m training`): one MLflow run per family,
+a progress bar per stage, a summary table at the end; `--write-docs` regenerates docs/evaluation.md."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from training.config import load_config
+from training.data import load_dataset
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "evaluation.md"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recsvc train", description="Train, evaluate, register and promote models")
+    p.add_argument("family", choices=["recommender", "segments", "propensity", "all"])
+    p.add_argument("--data-dir", type=Path, default=None, help="offline log (default RECSVC_DATA_DIR or var/data)")
+    p.add_argument("--source", default=None, help="a Parquet/CSV file of log rows instead of the offline log")
+    p.add_argument("--split-date", default=None, help="train before this day (default 2011-11-01)")
+    p.add_argument("--end-date", default=None, help="test until this day, exclusive (default 2011-12-10)")
+    p.add_argument("--config", type=Path, default=None, help="TOML file with settings and [recommender] etc. tables")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FAMILY.KEY=VALUE")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--force", action="store_true", help="make the new versions champion even if not better")
+    p.add_argument("--quick", action="store_true", help="fewer iterations (tests, smoke runs)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--write-docs", action="store_true", help="rewrite docs/evaluation.md from this run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    data_dir = args.data_dir or Path(os.environ.get("RECSVC_DATA_DIR", "var/data"))
+    try:
+        cfg = load_config(args.config, args.overrides, data_dir=data_dir, source=args.source, split_date=args.split_date,
+                          end_date=args.end_date, seed=args.seed, tracking_uri=args.tracking_uri,
+                          force=args.force or None, quick=args.quick or None, progress=not args.no_progress)
+    except (ValueError, OSError) as exc:
+        print(f"config: {exc}", file=sys.stderr)
+        return 2
+    families = ["recommender", "segments", "propensity"] if args.family == "all" else [args.family]
+    summary: list[tuple[str, str, str, str, float, float | None, float]] = []
+    ds = None
+    if {"recommender", "segments"} & set(families):
+        ds = load_dataset(cfg.source, cfg.data_dir)
+        if ds.events.empty:
+            print(f"no events in {ds.source}: import data first (recsvc import ...; recsvc drain)", file=sys.stderr)
+            return 2
+    rec = None
+    for family in families:
+        t = time.perf_counter()
+        if family == "recommender":
+            from training.recommender import train_recommender
+
+            rec = train_recommender(cfg, ds)
+            promo = rec.promotion
+        elif family == "segments":
+            from training.segments import train_segments
+
+            promo = train_segments(cfg, ds).promotion
+        else:
+            from training.propensity import train_propensity
+
+            promo = train_propensity(cfg).promotion
+        assert promo is not None
+        summary.append((promo.family, promo.version, promo.alias, promo.metric, promo.value, promo.champion_value,
+                        time.perf_counter() - t))
+        if promo.forced:
+            print(f"NOTE: {promo.family} v{promo.version} made champion by --force: {promo.reason}")
+    print()
+    print(f"{'family':20} {'version':>7} {'alias':>10} {'metric':>16} {'value':>8} {'previous':>9} {'seconds':>8}")
+    for fam, ver, alias, metric, value, prev, secs in summary:
+        prev_s = f"{prev:.4f}" if prev is not None else "-"
+        print(f"{fam:20} {ver:>7} {alias:>10} {metric:>16} {value:8.4f} {prev_s:>9} {secs:8.1f}")
+    if rec is not None:
+        from training.recommender import markdown_table
+
+        print()
+        print(markdown_table(rec.rows))
+        if args.write_docs:
+            write_docs(rec, cfg)
+            print(f"\nwrote {DOCS}")
+    return 0
+
+
+def write_docs(rec: object, cfg: object) -> None:
+    from training.recommender import RecommenderResult, markdown_table
+
+    assert isinstance(rec, RecommenderResult)
+    text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    block = (f"{start}\nData fingerprint `{rec.fingerprint}`; blend weights {rec.weights}; "
+             f"generated {time.strftime('%Y-%m-%d')} by `python -m training recommender --write-docs`.\n\n"
+             f"{markdown_table(rec.rows)}\n{end}")
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text += "\n" + block + "\n"
+    DOCS.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
