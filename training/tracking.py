@@ -35,9 +35,11 @@ def _experiment(family: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
         uri = mlflow.get_tracking_uri()
-        location = None
-        if uri.startswith("sqlite:///"):  # keep artifacts beside the database, under mlruns/
+        location = os.environ.get("RECSVC_ARTIFACT_ROOT")
+        if location is None and uri.startswith("sqlite:///"):  # keep artifacts beside the database, under mlruns/
             location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+        elif location is None and not uri.startswith(("http://", "https://", "databricks")):
+            location = Path("mlruns/artifacts").resolve().as_uri()  # a database store: artifacts stay local
         return mlflow.create_experiment(name, artifact_location=location)
     return exp.experiment_id
 

@@ -4,6 +4,7 @@ the learned factors or similarities, so the same math runs in the service."""
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -12,6 +13,7 @@ import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
 from implicit.bpr import BayesianPersonalizedRanking
 from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+from implicit.utils import ParameterWarning
 
 from training.models.base import TrainSet
 
@@ -30,7 +32,9 @@ class ItemKNN:
     def fit(self, train: TrainSet) -> None:
         ui = confidence(train, self.alpha)
         model = CosineRecommender(K=self.k) if self.kind == "cosine" else BM25Recommender(K=self.k)
-        model.fit(ui, show_progress=False)
+        with warnings.catch_warnings():  # implicit's BM25 weighting converts to COO internally, then warns about it
+            warnings.simplefilter("ignore", ParameterWarning)
+            model.fit(ui, show_progress=False)
         sim = model.similarity.tocsr().astype(np.float32)
         sim.setdiag(0.0)  # an item is not its own neighbour: repeats are the repeat model's job
         sim.eliminate_zeros()

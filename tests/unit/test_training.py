@@ -1,0 +1,173 @@
+"""Training on a generated log with a planted structure: models find it, runs reproduce, the promotion gate holds."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from features.bundle import CorruptBundle, load_bundle, save_bundle
+from features.memory_store import MemoryFeatureStore
+from features.offline_log import drain
+from features.propensity_model import FeatureSpec
+from features.schema import Event, EventContext, Item
+from training.config import TrainConfig, load_config
+from training.data import build_testset, build_trainset, load_dataset, to_ts
+from training.models.baselines import RepeatPurchase
+from training.models.implicit_models import ALS, ItemKNN
+from training.promote import register_and_promote
+from training.propensity import export_trees
+from training.segments import name_segment
+from training.tracking import configure, training_run
+
+DAY = 86400.0
+
+
+def planted_log(data_dir: Path) -> None:
+    """Two taste groups over 40 days: group A buys items a0..a9, group B buys b0..b9; c0 is a daily habit of u0."""
+    rng = np.random.default_rng(3)
+    t0 = datetime(2011, 9, 1, tzinfo=timezone.utc).timestamp()
+    events = []
+    for u in range(60):
+        group = "a" if u % 2 == 0 else "b"
+        for day in range(40):
+            if rng.random() < 0.3:
+                item = f"{group}{rng.integers(10)}"
+                events.append(Event(type="purchase", channel="web", customer_id=f"u{u}", item_id=item, value=2.0,
+                                    quantity=1, event_id=f"p{u}-{day}", context=EventContext(country="UK" if u < 30 else "FR"),
+                                    timestamp=datetime.fromtimestamp(t0 + day * DAY + u, tz=timezone.utc)))
+        if u == 0:
+            events += [Event(type="purchase", channel="store", customer_id="u0", item_id="c0", event_id=f"h{d}", value=1.0,
+                             timestamp=datetime.fromtimestamp(t0 + d * DAY + 7, tz=timezone.utc)) for d in range(40)]
+
+    async def go() -> None:
+        store = MemoryFeatureStore()
+        await store.upsert_items([Item(item_id=f"{g}{i}", title=f"{'MUG' if g == 'a' else 'BAG'} {i}") for g in "ab" for i in range(10)])
+        await store.upsert_items([Item(item_id="c0", title="COFFEE")])
+        await store.ingest(events)
+        await drain(store, data_dir)
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("log")
+    planted_log(d)
+    return d
+
+
+def test_models_find_the_planted_structure(log_dir: Path) -> None:
+    ds = load_dataset(None, log_dir)
+    split = to_ts("2011-10-01")
+    train = build_trainset(ds, split)
+    idx = {it: i for i, it in enumerate(train.item_ids)}
+    u0, u1 = train.user_ids.index("u0"), train.user_ids.index("u1")
+    rep = RepeatPurchase()
+    rep.fit(train)
+    assert int(np.argmax(rep.score(np.array([u0]))[0])) == idx["c0"]
+    for model in (ItemKNN("bm25"), ALS(factors=8, iterations=10)):
+        model.fit(train)
+        s = model.score(np.array([u0, u1]))
+        a_items = [idx[f"a{i}"] for i in range(10)]
+        b_items = [idx[f"b{i}"] for i in range(10)]
+        assert s[0, a_items].mean() > s[0, b_items].mean(), model
+        assert s[1, b_items].mean() > s[1, a_items].mean(), model
+    test = build_testset(ds, train, split, to_ts("2011-10-11"))
+    assert len(test.users) > 20
+
+
+def test_train_all_registers_promotes_and_reproduces(log_dir: Path, tmp_path: Path) -> None:
+    from training.cli import main
+    from training.recommender import train_recommender
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["recommender", "--data-dir", str(log_dir), "--split-date", "2011-10-01", "--end-date", "2011-10-11",
+            "--tracking-uri", uri, "--quick", "--no-progress"]
+    assert main(args) == 0
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champ = client.get_model_version_by_alias("recsvc-recommender", "champion")
+    metrics = client.get_run(champ.run_id).data.metrics
+    for key in ("ndcg_at_10_all", "ndcg_at_10_new", "recall_at_10_all", "recall_at_10_new", "map_at_10_all", "coverage"):
+        assert key in metrics
+    # same data and seed: same metrics; an equal run does not replace the champion
+    cfg = load_config(None, [], data_dir=log_dir, split_date="2011-10-01", end_date="2011-10-11", tracking_uri=uri, quick=True, progress=False)
+    again = train_recommender(cfg)
+    assert again.metrics == pytest.approx({k: metrics[k] for k in again.metrics})
+    assert again.promotion is not None and again.promotion.alias == "challenger"
+    assert client.get_model_version_by_alias("recsvc-recommender", "champion").version == champ.version
+    # the artifact loads with numpy alone and names its items
+    from training.promote import load_champion
+
+    path, _ = load_champion("recsvc-recommender", client)  # type: ignore[misc]
+    arrays, meta = load_bundle(path)
+    assert set(meta["item_ids"]) >= {"a0", "b0", "c0"} and arrays["item_factors"].shape[0] == len(meta["item_ids"])
+
+
+def test_promotion_gate(tmp_path: Path) -> None:
+    client = configure(f"sqlite:///{tmp_path}/m.db")
+    runs = []
+    for value in (0.5, 0.4, 0.6, 0.3):
+        with training_run("test", {}, "fp") as run:
+            import mlflow
+
+            mlflow.log_metric("roc_auc", value)
+            runs.append(run.info.run_id)
+    fam = "recsvc-propensity"
+    first = register_and_promote(fam, runs[0], "bundle", {"roc_auc": 0.5}, client=client)
+    worse = register_and_promote(fam, runs[1], "bundle", {"roc_auc": 0.4}, client=client)
+    better = register_and_promote(fam, runs[2], "bundle", {"roc_auc": 0.6}, client=client)
+    forced = register_and_promote(fam, runs[3], "bundle", {"roc_auc": 0.3}, client=client, force=True)
+    assert [first.alias, worse.alias, better.alias, forced.alias] == ["champion", "challenger", "champion", "champion"]
+    assert better.champion_value == pytest.approx(0.5) and "forced" in forced.reason and forced.forced
+    assert str(client.get_model_version_by_alias(fam, "challenger").version) == worse.version
+
+
+def test_bundle_round_trip_and_corruption(tmp_path: Path) -> None:
+    save_bundle(tmp_path, {"x": np.arange(5.0)}, {"item_ids": ["a", "杯"]})
+    arrays, meta = load_bundle(tmp_path)
+    assert arrays["x"].tolist() == [0, 1, 2, 3, 4] and meta["item_ids"] == ["a", "杯"]
+    with open(tmp_path / "arrays.npz", "r+b") as f:
+        f.seek(40)
+        f.write(b"\x00\x01")
+    with pytest.raises(CorruptBundle):
+        load_bundle(tmp_path)
+    with pytest.raises(TypeError):
+        save_bundle(tmp_path / "o", {"ids": np.array(["a", None], dtype=object)}, {})
+
+
+def test_numpy_trees_equal_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 5))
+    x[rng.random(x.shape) < 0.05] = np.nan
+    y = ((np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) * np.nan_to_num(x[:, 2])) > 0).astype(int)
+    clf = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(x, y)
+    assert np.allclose(export_trees(clf).predict_proba(x), clf.predict_proba(x)[:, 1], atol=1e-6)
+
+
+def test_feature_spec_encodes_unknown_as_missing() -> None:
+    spec = FeatureSpec({"offer.type": ["bar", "coffee"]}, {"age": ["21", "31"]}, ["temperature"])
+    x = spec.encode([{"offer.type": "coffee", "age": "31", "temperature": 55}, {"offer.type": "spa", "age": "99"}])
+    assert x[0].tolist() == [0, 1, 1, 55]
+    assert x[1, :2].tolist() == [0, 0] and np.isnan(x[1, 2]) and np.isnan(x[1, 3])
+
+
+@pytest.mark.parametrize(("rfm", "name"), [((5, 5, 5), "champions"), ((3, 5, 2), "loyal"), ((5, 1, 1), "new"),
+                                          ((4, 2, 3), "potential"), ((2, 4, 4), "at risk"), ((2, 1, 1), "hibernating"),
+                                          ((1, 2, 5), "lost")])
+def test_rfm_segment_rules(rfm: tuple[int, int, int], name: str) -> None:
+    assert name_segment(*rfm) == name
+
+
+def test_config_rejects_bad_overrides(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="family.key=value"):
+        load_config(None, ["als=3"])
+    (tmp_path / "c.toml").write_text('split_date = "2011-10-01"\n[recommender]\nals_factors = 8\n')
+    cfg = load_config(tmp_path / "c.toml", ["recommender.knn_k=20"])
+    assert cfg.split_date == "2011-10-01" and cfg.recommender == {"als_factors": 8, "knn_k": 20}
+    assert isinstance(cfg, TrainConfig)
