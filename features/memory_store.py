@@ -63,9 +63,10 @@ class MemoryFeatureStore:
         self.trend: dict[tuple[str, int], dict[str, float]] = {}
         self.seen: set[str] = set()
         self.erased: set[str] = set()
-        self._log: list[tuple[str, LogRecord | LinkRecord]] = []
+        self._log: dict[str, LogRecord | LinkRecord] = {}  # entry id -> record, until acknowledged
+        self._order: list[str] = []  # every entry id in append order
         self._seq = 0
-        self._cursors: dict[str, int] = {}  # group -> sequence number of the last delivered entry
+        self._cursors: dict[str, int] = {}  # group -> index into _order of the next undelivered entry
         self._pending: dict[tuple[str, str], dict[str, LogRecord | LinkRecord]] = {}
 
     async def ping(self) -> bool:
@@ -78,7 +79,9 @@ class MemoryFeatureStore:
 
     def _append_log(self, rec: LogRecord | LinkRecord, now: float) -> None:
         self._seq += 1
-        self._log.append((f"{int(now * 1000)}-{self._seq}", rec))
+        entry_id = f"{int(now * 1000)}-{self._seq}"
+        self._log[entry_id] = rec
+        self._order.append(entry_id)
 
     def _person(self, pid: str) -> _Person:
         p = self.people.get(pid)
@@ -329,9 +332,14 @@ class MemoryFeatureStore:
 
     async def log_read(self, group: str, consumer: str, count: int, block_ms: int = 0) -> list[LogEntry]:
         cursor = self._cursors.get(group, 0)
-        fresh = [(i, r) for i, r in self._log if _seq(i) > cursor][:count]
+        fresh: list[LogEntry] = []
+        while cursor < len(self._order) and len(fresh) < count:
+            entry_id = self._order[cursor]
+            cursor += 1
+            if entry_id in self._log:
+                fresh.append((entry_id, self._log[entry_id]))
+        self._cursors[group] = cursor
         if fresh:
-            self._cursors[group] = _seq(fresh[-1][0])
             self._pending.setdefault((group, consumer), {}).update(dict(fresh))
         return fresh
 
@@ -347,7 +355,8 @@ class MemoryFeatureStore:
                 for i in done & pend.keys():
                     del pend[i]
                     acked += 1
-        self._log = [(i, r) for i, r in self._log if i not in done]
+        for entry_id in done:
+            self._log.pop(entry_id, None)
         return acked
 
     async def log_length(self) -> int:

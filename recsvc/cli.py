@@ -83,6 +83,20 @@ def _train(argv: list[str]) -> int:
     return int(training_cli.main(argv))
 
 
+async def _publish_segments(store: FeatureStore, settings: Settings) -> int:
+    """Put the segments champion's traits into the demo's in-process store (a Redis store gets them from training)."""
+    import mlflow
+
+    from features.bundle import load_bundle
+    from features.traits import publish_traits, traits_from_bundle
+
+    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    version = client.get_model_version_by_alias("recsvc-segments", "champion")
+    path = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=settings.tracking_uri)
+    arrays, meta = load_bundle(Path(path))
+    return await publish_traits(store, traits_from_bundle(arrays, meta))
+
+
 def _serve(settings: Settings, host: str, port: int, workers: int, store: FeatureStore | None = None) -> int:
     import uvicorn
 
@@ -110,6 +124,8 @@ def _demo(args: argparse.Namespace) -> int:
         code = _train(["all", "--data-dir", str(settings.data_dir)])
         if code:
             print(f"training failed with code {code}; serving the live features without models", file=sys.stderr)
+        else:
+            print(f"published segment traits for {asyncio.run(_publish_segments(store, settings))} customers")
     print(f"serving on http://{args.host}:{args.port} (open access; OpenAPI at /schema)")
     return _serve(settings, args.host, args.port, 1, store=store)
 

@@ -3,7 +3,7 @@
 # Idempotent: re-running only installs what changed. EXTRAS picks the optional dependency groups.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-train}"
+EXTRAS="${EXTRAS:-train,dev}"
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv with $($PY --version)"

@@ -22,6 +22,8 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from features.bundle import save_bundle
+from features.redis_store import RedisFeatureStore
+from features.traits import publish_traits
 from training.config import TrainConfig
 from training.data import Dataset, is_customer, load_dataset
 from training.promote import PromotionResult, register_and_promote
@@ -171,11 +173,9 @@ def train_segments(cfg: TrainConfig, ds: Dataset | None = None) -> SegmentsResul
 
 
 async def _publish(url: str, traits: dict[str, dict[str, str]]) -> None:
-    from features.redis_store import RedisFeatureStore
-
     store = RedisFeatureStore.from_url(url, prefix=os.environ.get("RECSVC_REDIS_PREFIX", "rs:v1"), timeout_s=10)
     try:
-        await store.set_traits(traits)
+        await publish_traits(store, traits)
     finally:
         await store.close()
 

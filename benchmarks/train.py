@@ -1,0 +1,89 @@
+"""Training benchmark: `recsvc train all` wall time on Online Retail; fit time at 1x, 4x and 16x the interactions
+(users resampled with new ids); our ALS step against a bare implicit fit on the same matrix.
+
+Usage: python benchmarks/train.py --data-dir var/data   (the bundled data imported and drained there)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+
+from training.data import build_trainset, load_dataset, to_ts
+from training.models.base import TrainSet
+from training.models.implicit_models import ALS, BPR, ItemKNN, confidence
+
+
+def scaled(train: TrainSet, factor: int, seed: int = 0) -> TrainSet:
+    """`factor` copies of every user, each dropping 10% of its interactions at random."""
+    rng = np.random.default_rng(seed)
+    mats = []
+    for _ in range(factor):
+        m = train.weights.tocoo()
+        keep = rng.random(m.nnz) > 0.1
+        mats.append(sp.csr_matrix((m.data[keep], (m.row[keep], m.col[keep])), shape=m.shape))
+    w = sp.vstack(mats).tocsr()
+    n = w.shape[0]
+    return TrainSet(user_ids=[f"u{i}" for i in range(n)], item_ids=train.item_ids, weights=w,
+                    purchases=sp.vstack([train.purchases] * factor).tocsr(), last_ts=sp.vstack([train.last_ts] * factor).tocsr(),
+                    split_ts=train.split_ts, user_country=train.user_country * factor, item_title=train.item_title,
+                    item_categories=train.item_categories, item_price=train.item_price, user_segment=train.user_segment * factor)
+
+
+def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", default="var/data")
+    ap.add_argument("--skip-train-all", action="store_true")
+    args = ap.parse_args()
+    machine = f"{platform.machine()} {os.cpu_count()} cores"
+    print(f"# training benchmark, {date.today()}, {machine}, OPENBLAS_NUM_THREADS=1\n")
+    if not args.skip_train_all:
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "training", "all", "--data-dir", args.data_dir, "--no-progress",
+                            "--tracking-uri", f"sqlite:///{d}/mlflow.db"], check=True, capture_output=True,
+                           env={**os.environ, "RECSVC_ARTIFACT_ROOT": Path(d, "a").as_uri()})
+            print(f"| `recsvc train all` on Online Retail (3 families, 9 recommender models, MLflow) | {time.perf_counter() - t:.1f} s |\n")
+    ds = load_dataset(None, args.data_dir)
+    base = build_trainset(ds, to_ts("2011-11-01"))
+    print("| interactions | users | ALS fit s | BM25 item-kNN fit s | BPR fit s |")
+    print("|---|---|---|---|---|")
+    for factor in (1, 4, 16):
+        tr = scaled(base, factor)
+        als = timed(lambda: ALS().fit(tr), 1 if factor == 16 else 3)
+        knn = timed(lambda: ItemKNN("bm25").fit(tr), 1 if factor == 16 else 3)
+        bpr = timed(lambda: BPR().fit(tr), 1)
+        print(f"| {tr.weights.nnz:,} ({factor}x) | {tr.n_users:,} | {als:.2f} | {knn:.2f} | {bpr:.2f} |")
+    conf = confidence(base, 2.0)
+    ours = timed(lambda: ALS().fit(base), 5)
+    bare = timed(lambda: AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15, random_state=7,
+                                                 num_threads=1).fit(conf, show_progress=False), 5)
+    print(f"\n| ALS in the pipeline (confidence + fit + factors to numpy) | {ours:.2f} s | bare implicit fit, same matrix | "
+          f"{bare:.2f} s | ratio {ours / bare:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
