@@ -82,7 +82,8 @@ _LUA = (
 PROFILE_RECENT = 50
 PROFILE_AFFINITIES = 50
 PROFILE_CATEGORIES = 20
-WRITE_TIMEOUT_S = 10.0  # a 1,000-event batch runs one script; reads use the (much shorter) read timeout
+WRITE_TIMEOUT_S = 10.0
+GROUP_COMMIT_MAX = 10  # requests this small are coalesced; larger batches go alone  # a 1,000-event batch runs one script; reads use the (much shorter) read timeout
 
 
 def lua_event(event: Event, now: float) -> tuple[list[Any], bytes, bytes]:
@@ -126,6 +127,10 @@ class RedisFeatureStore:
         self.keys = Keys(prefix)
         self.timeout_s = timeout_s
         self._sha: str | None = None
+        # group commit: small ingests that arrive in the same event-loop turn share one script call
+        self._queued: list[tuple[Sequence[Event], asyncio.Future[IngestResult]]] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Future[list[IngestResult]]] = set()
 
     @classmethod
     def from_url(
@@ -158,20 +163,43 @@ class RedisFeatureStore:
     async def ingest(self, events: Sequence[Event], now: float | None = None) -> IngestResult:
         if not events:
             return IngestResult(accepted=0, duplicates=0)
+        if now is not None or len(events) > GROUP_COMMIT_MAX:
+            return (await self._ingest_batches([events], now))[0]
+        fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._queued.append((events, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+        return await fut
+
+    def _start_flush(self) -> None:
+        queued, self._queued = self._queued, []
+        self._flush_scheduled = False
+        task = asyncio.ensure_future(self._ingest_batches([e for e, _ in queued], None))
+        task.add_done_callback(lambda t: _settle(t, [f for _, f in queued]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ingest_batches(self, batches: Sequence[Sequence[Event]], now: float | None) -> list[IngestResult]:
+        """One script call for several requests' events; each request gets its own counts back."""
         now = time.time() if now is None else now
         heads: list[list[Any]] = []
         args: list[Any] = [self.keys.prefix, b"", b"", now]
-        for e in events:
-            head, recent, log = lua_event(normalize(e, now), now)
-            heads.append(head)
-            args.append(recent)
-            args.append(log)
+        for events in batches:
+            for e in events:
+                head, recent, log = lua_event(normalize(e, now), now)
+                heads.append(head)
+                args.append(recent)
+                args.append(log)
         args[2] = _json.encode(heads)
         flags = await self._call(self._eval(args), timeout=WRITE_TIMEOUT_S)
-        dups = [e.event_id for e, f in zip(events, flags) if not f]
-        return IngestResult(
-            accepted=len(events) - len(dups), duplicates=len(dups), duplicate_ids=[d for d in dups if d]
-        )
+        out, pos = [], 0
+        for events in batches:
+            mine = flags[pos : pos + len(events)]
+            pos += len(events)
+            dups = [e.event_id for e, f in zip(events, mine) if not f]
+            out.append(IngestResult(accepted=len(events) - len(dups), duplicates=len(dups), duplicate_ids=[d for d in dups if d]))
+        return out
 
     async def _eval(self, args: list[Any]) -> list[int]:
         if self._sha is None:
@@ -333,6 +361,19 @@ class RedisFeatureStore:
 
     async def log_length(self) -> int:
         return int(await self._call(self.client.xlen(self.keys.log)))
+
+
+def _settle(task: "asyncio.Future[list[IngestResult]]", futures: list["asyncio.Future[IngestResult]"]) -> None:
+    exc = None if task.cancelled() else task.exception()
+    for i, fut in enumerate(futures):
+        if fut.done():
+            continue
+        if task.cancelled():
+            fut.cancel()
+        elif exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(task.result()[i])
 
 
 def _decode_entries(res: Any) -> list[LogEntry]:

@@ -200,3 +200,17 @@ def test_lua_script_ships_with_the_package() -> None:
     import features
 
     assert (Path(features.__file__).parent / "lua" / "ingest.lua").is_file()
+
+
+async def test_concurrent_small_ingests_each_get_their_own_answer(store: FeatureStore) -> None:
+    """Small concurrent requests may share one script call (group commit); answers must still be per request."""
+    import asyncio
+
+    reqs = [[ev("view", f"I{i}", event_id=f"g{i % 5}")] for i in range(20)]  # 5 distinct ids, each sent 4 times
+    results = await asyncio.gather(*[store.ingest(r) for r in reqs])
+    assert sum(r.accepted for r in results) == 5
+    assert sum(r.duplicates for r in results) == 15
+    assert all(r.accepted + r.duplicates == 1 for r in results)
+    assert all(r.duplicate_ids == [q[0].event_id] for r, q in zip(results, reqs) if r.duplicates)
+    p = await store.profile("c1")
+    assert p is not None and p.counts["type:view"] == 5
