@@ -73,6 +73,7 @@ def main() -> None:
         asyncio.run(run("127.0.0.1", port, lambda n: request("POST", "/v1/events", single_bodies[n], auth), 500, 4))  # warm-up
         batched = asyncio.run(run("127.0.0.1", port, lambda n: request("POST", "/v1/events", batch_bodies[n], auth), args.batches, 4))
         single = asyncio.run(run("127.0.0.1", port, lambda n: request("POST", "/v1/events", single_bodies[n], auth), args.singles, 16))
+        hello = asyncio.run(run("127.0.0.1", port, lambda n: request("GET", "/health"), args.singles, 16))
     finally:
         server.terminate()
         server.wait(10)
@@ -84,10 +85,12 @@ def main() -> None:
     print(f"batched: {ev_s:,.0f} events/s ({args.batches} x 100 events, 4 connections), "
           f"p50 {batched.median_ms:.1f} ms/batch, p99 {batched.pct(99):.1f} ms/batch")
     print(f"single:  {single.rps:,.0f} req/s at 16 connections, p50 {single.median_ms:.2f} ms, p99 {single.pct(99):.2f} ms")
+    print(f"hello:   {hello.rps:,.0f} req/s at 16 connections (GET /health, same server), p50 {hello.median_ms:.2f} ms, "
+          f"p99 {hello.pct(99):.2f} ms; single-event ingest = {single.rps / hello.rps:.0%} of it")
     print()
-    print("| date | machine | batched events/s (100/batch) | single p50 ms | single p99 ms | single req/s |")
+    print("| date | machine | batched events/s (100/batch) | single p50 ms | single p99 ms | single req/s | /health req/s |")
     print(f"| {date.today()} | {platform.machine()} {os.cpu_count()} cores, Redis on loopback, uvicorn 1 worker "
-          f"| {ev_s:,.0f} | {single.median_ms:.2f} | {single.pct(99):.2f} | {single.rps:,.0f} |")
+          f"| {ev_s:,.0f} | {single.median_ms:.2f} | {single.pct(99):.2f} | {single.rps:,.0f} | {hello.rps:,.0f} |")
 
 
 if __name__ == "__main__":

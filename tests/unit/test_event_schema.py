@@ -1,0 +1,73 @@
+"""Property-based tests of event validation: every valid event round-trips; every broken one is refused by name."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.schema import CHANNELS, CONTENT_EVENTS, EVENT_TYPES, ITEM_EVENTS, OFFER_EVENTS, Event, decode_events
+from recsvc.errors import field_of
+
+ids = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), blacklist_characters="{}*?[]"),
+              min_size=1, max_size=40).filter(lambda s: s.strip() == s and not any(c.isspace() for c in s))
+when = st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime.now() - timedelta(days=1), timezones=st.just(timezone.utc))
+
+
+@st.composite
+def valid_events(draw: st.DrawFn) -> dict[str, object]:
+    etype = draw(st.sampled_from(EVENT_TYPES))
+    ev: dict[str, object] = {"type": etype, "channel": draw(st.sampled_from(CHANNELS))}
+    idkeys = draw(st.lists(st.sampled_from(["customer_id", "anonymous_id", "device_id", "email_hash"]), min_size=1, unique=True))
+    for k in idkeys:
+        ev[k] = draw(ids)
+    if etype in ITEM_EVENTS or draw(st.booleans()):
+        ev["item_id"] = draw(ids)
+    if etype in OFFER_EVENTS:
+        ev["offer_id"] = draw(ids)
+    if etype in CONTENT_EVENTS:
+        ev["content_id"] = draw(ids)
+    if draw(st.booleans()):
+        ev["timestamp"] = draw(when).isoformat()
+    if draw(st.booleans()):
+        ev["quantity"] = draw(st.integers(-1_000_000, 1_000_000))
+    if draw(st.booleans()):
+        ev["value"] = draw(st.floats(-1e9, 1e9, allow_nan=False))
+    if draw(st.booleans()):
+        ev["context"] = {"country": draw(st.text(max_size=20)), "session_id": draw(ids)}
+    if draw(st.booleans()):
+        ev["properties"] = draw(st.dictionaries(st.text(max_size=10), st.one_of(st.text(max_size=10), st.integers(), st.none()), max_size=5))
+    return ev
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_events())
+def test_valid_events_decode_and_round_trip(ev: dict[str, object]) -> None:
+    [decoded] = decode_events(msgspec.json.encode(ev))
+    again = msgspec.json.decode(msgspec.json.encode(decoded), type=Event)
+    assert again == decoded
+    assert decoded.type == ev["type"] and decoded.item_id == ev.get("item_id")
+
+
+BREAKERS = {
+    "type": lambda ev: {**ev, "type": "teleport"},
+    "channel": lambda ev: {**ev, "channel": "carrier_pigeon"},
+    "customer_id": lambda ev: {k: v for k, v in ev.items() if k not in ("customer_id", "anonymous_id", "device_id", "email_hash")},
+    "timestamp": lambda ev: {**ev, "timestamp": (datetime.now(timezone.utc) + timedelta(days=3)).isoformat()},
+    "quantity": lambda ev: {**ev, "quantity": 10**7},
+    "value": lambda ev: {**ev, "value": -1e10},
+    "item_id": lambda ev: {**ev, "item_id": "has space"},
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(valid_events(), st.sampled_from(sorted(BREAKERS)))
+def test_broken_events_are_refused_naming_the_field(ev: dict[str, object], field: str) -> None:
+    bad = BREAKERS[field](ev)
+    with pytest.raises(msgspec.ValidationError) as info:
+        decode_events(msgspec.json.encode([ev, bad]))
+    _, path = field_of(str(info.value))
+    assert path == f"$[1].{field}", (str(info.value), path)
