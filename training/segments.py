@@ -44,7 +44,7 @@ class SegmentsResult:
     sizes: dict[str, int]
 
 
-def customer_features(events: pd.DataFrame, at: float) -> pd.DataFrame:
+def customer_features(events: pd.DataFrame, at: float, horizon: float = HORIZON) -> pd.DataFrame:
     """Per customer with a purchase before `at`: recency, frequency (purchase days), monetary, tenure, basket."""
     ev = events[(events["ts"] < at) & events["user"].map(is_customer)]
     buys = ev[ev["type"] == "purchase"]
@@ -60,7 +60,7 @@ def customer_features(events: pd.DataFrame, at: float) -> pd.DataFrame:
         "tenure_days": (at - g["ts"].min()) / DAY,
     })
     f["avg_basket"] = f["monetary"] / f["frequency"].clip(lower=1)
-    recent = buys[buys["ts"] >= at - HORIZON].groupby("user")["value"].sum()
+    recent = buys[buys["ts"] >= at - horizon].groupby("user")["value"].sum()
     f["spend_90d"] = recent.reindex(f.index, fill_value=0.0)
     f["returns"] = rets.groupby("user").size().reindex(f.index, fill_value=0).astype(float)
     return f
@@ -92,9 +92,9 @@ def name_segment(r: int, f: int, m: int) -> str:
     return "lost"
 
 
-def _label_split(events: pd.DataFrame, t0: float) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
-    x = customer_features(events, t0)
-    later = events[(events["ts"] >= t0) & (events["ts"] < t0 + HORIZON) & (events["type"] == "purchase")]
+def _label_split(events: pd.DataFrame, t0: float, horizon: float) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    x = customer_features(events, t0, horizon)
+    later = events[(events["ts"] >= t0) & (events["ts"] < t0 + horizon) & (events["type"] == "purchase")]
     spend = later.groupby("user")["value"].sum().reindex(x.index, fill_value=0.0)
     churned = (~x.index.isin(later["user"])).astype(int)
     return x, pd.Series(churned, index=x.index), spend
@@ -107,9 +107,12 @@ def train_segments(cfg: TrainConfig, ds: Dataset | None = None) -> SegmentsResul
     if ev.empty:
         raise ValueError("no events in the offline log")
     now = float(ev["ts"].max()) + 1.0
-    t0 = now - HORIZON
+    horizon = float(cfg.segments.get("horizon_days", 90)) * DAY
+    t0 = now - horizon
     bar = tqdm(total=4, desc="segments", disable=not cfg.progress)
-    feats = customer_features(ev, now)
+    feats = customer_features(ev, now, horizon)
+    if len(feats) < 10:
+        raise ValueError(f"segments need purchases of at least 10 customers; the log has {len(feats)}")
     rfm = rfm_scores(feats)
     segment = pd.Series([name_segment(*row) for row in rfm.itertuples(index=False)], index=rfm.index)
     bar.update()
@@ -126,9 +129,12 @@ def train_segments(cfg: TrainConfig, ds: Dataset | None = None) -> SegmentsResul
     km = KMeans(best_k, n_init=4, random_state=cfg.seed).fit(z)
     bar.update()
 
-    x0, churned, spend = _label_split(ev, t0)
+    x0, churned, spend = _label_split(ev, t0, horizon)
+    if len(x0) < 10 or churned.nunique() < 2:
+        raise ValueError(f"churn needs customers who bought before {horizon / DAY:.0f} days from the end of the log, "
+                         f"some buying again and some not (found {len(x0)}); set segments.horizon_days lower")
     xc = x0[cols + ["spend_90d", "returns"]].to_numpy()
-    tr, te = train_test_split(np.arange(len(xc)), test_size=0.3, random_state=cfg.seed, stratify=churned if churned.nunique() > 1 else None)
+    tr, te = train_test_split(np.arange(len(xc)), test_size=0.3, random_state=cfg.seed, stratify=churned if churned.value_counts().min() >= 2 else None)
     churn_model = HistGradientBoostingClassifier(max_iter=50 if cfg.quick else 200, learning_rate=0.05, random_state=cfg.seed)
     churn_model.fit(xc[tr], churned.to_numpy()[tr])
     churn_p = churn_model.predict_proba(xc[te])[:, 1]
@@ -151,7 +157,7 @@ def train_segments(cfg: TrainConfig, ds: Dataset | None = None) -> SegmentsResul
     metrics = {"churn_auc": churn_auc, "cltv_mae": cltv_mae, "cltv_mae_naive": naive_mae, "clusters": float(best_k),
                "customers": float(len(feats)), "churn_rate": float(churned.mean()),
                **{f"silhouette_k{k}": v for k, v in sil.items()}}
-    with training_run(FAMILY, {"horizon_days": 90, "seed": cfg.seed, "k_range": f"2..{max(sil)}"}, ds.fingerprint) as run:
+    with training_run(FAMILY, {"horizon_days": horizon / DAY, "seed": cfg.seed, "k_range": f"2..{max(sil)}"}, ds.fingerprint) as run:
         mlflow.log_metrics(metrics)
         mlflow.log_dict({"sizes": sizes, "rules": name_segment.__doc__}, "segments.json")
         log_figure(sizes_figure(sizes), "segment_sizes.png")

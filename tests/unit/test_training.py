@@ -171,3 +171,32 @@ def test_config_rejects_bad_overrides(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "c.toml", ["recommender.knn_k=20"])
     assert cfg.split_date == "2011-10-01" and cfg.recommender == {"als_factors": 8, "knn_k": 20}
     assert isinstance(cfg, TrainConfig)
+
+
+@pytest.mark.redis
+def test_segments_publish_traits_to_redis(log_dir: Path, tmp_path: Path, redis_url: str, redis_prefix: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from features.redis_store import RedisFeatureStore
+    from training.segments import SEGMENTS, train_segments
+
+    monkeypatch.setenv("RECSVC_REDIS_PREFIX", redis_prefix)
+    cfg = load_config(None, ["segments.horizon_days=4"], data_dir=log_dir, tracking_uri=f"sqlite:///{tmp_path}/m.db",
+                      quick=True, progress=False)
+    cfg.publish_redis_url = redis_url
+    result = train_segments(cfg)
+    assert set(result.sizes) == set(SEGMENTS) and sum(result.sizes.values()) == 60
+    assert 0.0 <= result.metrics["churn_auc"] <= 1.0 or np.isnan(result.metrics["churn_auc"])
+
+    async def read() -> dict[str, str]:
+        store = RedisFeatureStore.from_url(redis_url, prefix=redis_prefix, timeout_s=2)
+        await store.set_traits({})  # no-op, exercises the empty path
+        from features.schema import Event
+
+        await store.ingest([Event(type="view", channel="web", customer_id="u0", item_id="a1")])
+        p = await store.profile("u0")
+        await store.close()
+        assert p is not None
+        return p.traits
+
+    traits = asyncio.run(read())
+    assert traits["segment"] == result.traits["u0"]["segment"] and float(traits["churn_risk"]) >= 0.0
