@@ -1,7 +1,11 @@
 """The in-process adapter of the FeatureStore port: the embedded default of the local demo.
 
 Same semantics as the Redis store (dedupe, identity link and merge, decay, caps, offline log with pending entries),
-checked by the same contract tests. Not shared between processes, not persisted, no TTL expiry (caps still bound it).
+checked by the same contract tests, one of which compares both adapters' profiles, popularity and logs for one
+random event stream. Not shared between processes, not persisted. Differences, all invisible in profiles below the
+caps: no TTLs (the dedupe set and people are kept for the life of the process; a session counts as expired once its
+last event is SESSION_TTL old; trending hours older than TRENDING_KEEP are dropped), and caps are enforced at once
+(Redis trims every 16th event of a person, overshooting by at most 15).
 """
 
 from __future__ import annotations
@@ -25,6 +29,16 @@ from features.schema import (
     session_items,
     to_log_record,
 )
+from features.redis_store import (
+    PROFILE_AFFINITIES,
+    PROFILE_CATEGORIES,
+    PROFILE_RECENT,
+    check_count,
+    check_popular_args,
+    top_k,
+    trending_hours,
+    trending_weight,
+)
 from features.store import LogEntry, Window
 
 
@@ -45,10 +59,6 @@ def _trim(z: dict[str, float], cap: int) -> None:
     if len(z) > cap:
         for member, _ in sorted(z.items(), key=lambda kv: (kv[1], kv[0]))[: len(z) - cap]:
             del z[member]
-
-
-def _top(z: Mapping[str, float], k: int) -> list[tuple[str, float]]:
-    return sorted(z.items(), key=lambda kv: (-kv[1], kv[0]))[:k] if k >= 0 else sorted(z.items(), key=lambda kv: -kv[1])
 
 
 class MemoryFeatureStore:
@@ -89,13 +99,17 @@ class MemoryFeatureStore:
             p = self.people[pid] = _Person()
         return p
 
-    def _link(self, alias: str, person: str, ts: float, now: float) -> None:
+    def _link(self, alias: str, person: str, ts: float, now: float, previous: str | None = None) -> None:
         self.aliases[alias] = person
+        if previous is not None and previous != person and previous in self.people:
+            self.people[previous].ids.discard(alias)
         self._person(person).ids.add(alias)
         self._append_log(LinkRecord(alias=alias, person_id=person, ts=ts), now)
 
-    def _merge(self, old: str, new: str) -> None:
+    def _merge(self, old: str, new: str, ts: float, now: float) -> None:
+        """Anonymous person `old` into `new`, as the Lua script's merge() does; old's aliases now point to new."""
         o, n = self.people.pop(old), self._person(new)
+        new_last = n.hash.get("last")
         for f, v in o.hash.items():
             if f == "first":
                 n.hash[f] = min(float(n.hash.get(f, v)), float(v))
@@ -103,9 +117,13 @@ class MemoryFeatureStore:
                 n.hash[f] = max(float(n.hash.get(f, v)), float(v))
             elif f in ("n", "orders", "monetary") or f.startswith("cnt:"):
                 n.hash[f] = float(n.hash.get(f, 0)) + float(v)
-            elif f != "anon":
-                n.hash.setdefault(f, v)
-        n.recent = sorted(o.recent + n.recent, key=lambda r: -r.ts)[: K.RECENT_CAP]
+            elif f not in ("anon", "country"):
+                n.hash.setdefault(f, v)  # traits: the customer's own value wins
+        if "country" in o.hash and (
+            new_last is None or float(o.hash.get("last", 0)) > float(new_last) or "country" not in n.hash
+        ):
+            n.hash["country"] = o.hash["country"]
+        n.recent = sorted(n.recent + o.recent, key=lambda r: -r.ts)[: K.RECENT_CAP]  # stable: ties keep new first
         for mine, theirs, cap in ((n.ia, o.ia, K.ITEM_AFF_CAP), (n.ca, o.ca, K.CAT_AFF_CAP)):
             for m, s in theirs.items():
                 mine[m] = mine.get(m, 0.0) + s
@@ -118,6 +136,8 @@ class MemoryFeatureStore:
         if not n.session and o.session:
             n.session = o.session
         n.ids |= o.ids
+        for alias in [old, *sorted(o.ids)]:
+            self._link(alias, new, ts, now)
 
     def _resolve_for_write(self, aliases: list[str], customer: str | None, ts: float, now: float) -> tuple[str, bool]:
         if customer:
@@ -127,9 +147,10 @@ class MemoryFeatureStore:
                 cur = self.aliases.get(alias)
                 if cur != customer:
                     anon = cur or alias
-                    if anon in self.people and self.people[anon].hash.get("anon") == "1":
-                        self._merge(anon, customer)
-                    self._link(alias, customer, ts, now)
+                    if anon != customer and anon in self.people and self.people[anon].hash.get("anon") == "1":
+                        self._merge(anon, customer, ts, now)
+                    else:
+                        self._link(alias, customer, ts, now, previous=cur)
             return customer, False
         person = next((self.aliases[a] for a in aliases if a in self.aliases), None)
         fresh = person is None
@@ -222,19 +243,31 @@ class MemoryFeatureStore:
                     if len(z) > K.POPULAR_CAP * 1.1:
                         _trim(z, K.POPULAR_CAP)
                     if live:
+                        if (scope, hour) not in self.trend:
+                            self._prune_trending(now)
                         t = self.trend.setdefault((scope, hour), {})
                         t[item] = t.get(item, 0.0) + pw
                 stats = self.item_stats.setdefault(item, {})
                 stats[e.type] = stats.get(e.type, 0) + 1
-        if ts >= now - K.SESSION_TTL:
+        if ts >= now - K.SESSION_TTL:  # live events only; never moved backwards (as in the Lua script)
             s = p.session
-            sid = s.get("id")
-            if e.session_id and e.session_id != sid:
-                sid = None
-            if not sid or "last" not in s or ts - float(s["last"]) > K.SESSION_TTL:
-                p.session = s = {"id": e.session_id or e.event_id or "", "started": ts}
-            s["last"] = max(ts, float(s.get("last", ts)))
+            if s and float(s["last"]) < now - K.SESSION_TTL:
+                s = {}  # what the Redis key's TTL would have expired
+            new_session = {"id": e.session_id or e.event_id or "", "started": ts, "last": ts}
+            if not s:
+                p.session = new_session
+            elif ts >= float(s["last"]):
+                if (e.session_id and e.session_id != s["id"]) or ts - float(s["last"]) > K.SESSION_TTL:
+                    p.session = new_session
+                else:
+                    s["last"] = ts
         self._append_log(to_log_record(e, person, now), now)
+
+    def _prune_trending(self, now: float) -> None:
+        """Drop the hourly buckets no read can reach any more (Redis expires them)."""
+        oldest = trending_hours(now).start
+        for key in [key for key in self.trend if key[1] < oldest]:
+            del self.trend[key]
 
     async def upsert_items(self, items: Sequence[Item]) -> int:
         for item in items:
@@ -287,11 +320,12 @@ class MemoryFeatureStore:
             return None
         h = p.hash
         fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
+        recent = sorted(p.recent[:PROFILE_RECENT], key=lambda r: -r.ts)  # as build_profile does
         session = None
         if p.session and float(p.session.get("last", 0)) >= now - K.SESSION_TTL:
             session = Session(
                 session_id=str(p.session["id"]), started=float(p.session["started"]),
-                last=float(p.session["last"]), items=session_items(p.recent, float(p.session["started"])),
+                last=float(p.session["last"]), items=session_items(recent, float(p.session["started"])),
             )
         return Profile(
             customer_id=person,
@@ -301,9 +335,9 @@ class MemoryFeatureStore:
             country=str(h["country"]) if "country" in h else None,
             counts={f[4:]: int(float(v)) for f, v in h.items() if f.startswith("cnt:")},
             last_seen_by_channel={f[3:]: float(v) for f, v in h.items() if f.startswith("ls:")},
-            recent=p.recent[:50],
-            item_affinity=[(i, s * fa) for i, s in _top(p.ia, 50)],
-            category_affinity=[(c, s * fa) for c, s in _top(p.ca, 20)],
+            recent=recent,
+            item_affinity=[(i, s * fa) for i, s in top_k(p.ia, PROFILE_AFFINITIES)],
+            category_affinity=[(c, s * fa) for c, s in top_k(p.ca, PROFILE_CATEGORIES)],
             purchased=dict(p.bought),
             returned=dict(p.returned),
             cart=dict(p.cart),
@@ -316,21 +350,22 @@ class MemoryFeatureStore:
     async def popular(
         self, scope: str = "all", window: Window = "pop", k: int = 100, now: float | None = None
     ) -> list[tuple[str, float]]:
+        check_popular_args(window, k)
         now = time.time() if now is None else now
         if window == "pop":
             f = K.read_factor(K.POPULAR_HALF_LIFE, now)
-            return [(i, s * f) for i, s in _top(self.pop.get(scope, {}), k)]
-        hour = int(now // K.HOUR)
+            return [(i, s * f) for i, s in top_k(self.pop.get(scope, {}), k)]
         scores: dict[str, float] = {}
-        for h in range(hour - K.TRENDING_KEEP // K.HOUR, hour + 1):
-            w = min(1.0, 2.0 ** (-((now - (h + 1) * K.HOUR) / K.TRENDING_HALF_LIFE)))
+        for h in trending_hours(now):
+            w = trending_weight(h, now)
             for item, s in self.trend.get((scope, h), {}).items():
                 scores[item] = scores.get(item, 0.0) + s * w
-        return _top(scores, k)
+        return top_k(scores, k)
 
     # ---- the offline log ----
 
     async def log_read(self, group: str, consumer: str, count: int, block_ms: int = 0) -> list[LogEntry]:
+        check_count(count)
         cursor = self._cursors.get(group, 0)
         fresh: list[LogEntry] = []
         while cursor < len(self._order) and len(fresh) < count:
@@ -344,6 +379,7 @@ class MemoryFeatureStore:
         return fresh
 
     async def log_pending(self, group: str, consumer: str, count: int) -> list[LogEntry]:
+        check_count(count)
         pend = self._pending.get((group, consumer), {})
         return sorted(pend.items(), key=lambda kv: _seq(kv[0]))[:count]
 

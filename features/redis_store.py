@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from features import keys as K
 from features.keys import Keys
@@ -27,6 +27,7 @@ from features.schema import (
     Session,
     decode_link_record,
     decode_log_record,
+    encode_log_record,
     event_identifiers,
     normalize,
     session_items,
@@ -82,13 +83,17 @@ _LUA = (
 PROFILE_RECENT = 50
 PROFILE_AFFINITIES = 50
 PROFILE_CATEGORIES = 20
+# Writes and log reads may legitimately take longer than a profile read (a 1,000-event batch is one script call),
+# so they run under max(timeout_s, WRITE_TIMEOUT_S); reads use timeout_s.
 WRITE_TIMEOUT_S = 10.0
-GROUP_COMMIT_MAX = 10  # requests this small are coalesced; larger batches go alone  # a 1,000-event batch runs one script; reads use the (much shorter) read timeout
+GROUP_COMMIT_MAX = 10  # concurrent requests this small share one script call; larger batches go alone
+TRAITS_CHUNK = 1000
+PERSON_PARTS = ("p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids")
 
 
 def lua_event(event: Event, now: float) -> tuple[list[Any], bytes, bytes]:
     """The compact array the Lua script reads (see the header of lua/ingest.lua; "" and 0 stand for absent),
-    the event's recent-list entry (JSON) and its offline-log record (msgpack)."""
+    the event's recent-list entry (JSON) and its offline-log record (msgpack, person_id left "" for the script)."""
     ctx = event.context
     recent = RecentEvent(
         type=event.type,
@@ -99,6 +104,7 @@ def lua_event(event: Event, now: float) -> tuple[list[Any], bytes, bytes]:
         content_id=event.content_id,
         decision_id=event.decision_id,
     )
+    log = encode_log_record(to_log_record(event, "", now))
     head = [
         event.event_id,
         event_identifiers(event),
@@ -111,8 +117,18 @@ def lua_event(event: Event, now: float) -> tuple[list[Any], bytes, bytes]:
         event.value or 0.0,
         (ctx.country if ctx else None) or "",
         (ctx.session_id if ctx else None) or "",
+        person_offset(log, event.event_id),  # type: ignore[arg-type]
     ]
-    return head, _json.encode(recent), _msgpack.encode(to_log_record(event, "", now))
+    return head, _json.encode(recent), log
+
+
+def person_offset(log: bytes, event_id: str) -> int:
+    """Where person_id (encoded "", one byte) sits in a LogRecord's msgpack array: after the header and event_id."""
+    header = 1 if log[0] >> 4 == 0x9 else 3  # fixarray, else array16 (a LogRecord has at most 22 fields)
+    offset = header + len(_msgpack.encode(event_id))
+    if log[offset] != 0xA0:
+        raise ValueError(f"person_id: not found at byte {offset} of the encoded log record")
+    return offset
 
 
 def _s(v: bytes | str | None) -> str | None:
@@ -120,13 +136,20 @@ def _s(v: bytes | str | None) -> str | None:
 
 
 class RedisFeatureStore:
+    """FeatureStore on redis.asyncio. `timeout_s` bounds each read (None: no bound); any failure or overrun raises
+    StoreUnavailable. A write that timed out may still have been applied: retrying it is safe (event_id dedupe)."""
+
     backend = "redis"
 
-    def __init__(self, client: aioredis.Redis, prefix: str = K.DEFAULT_PREFIX, timeout_s: float | None = 0.05) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str = K.DEFAULT_PREFIX, timeout_s: float | None = None) -> None:
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"timeout_s: must be positive or None, got {timeout_s}")
         self.client = client
         self.keys = Keys(prefix)
         self.timeout_s = timeout_s
+        self._write_timeout = max(timeout_s or 0.0, WRITE_TIMEOUT_S)
         self._sha: str | None = None
+        self._groups: set[str] = set()  # consumer groups known to exist
         # group commit: small ingests that arrive in the same event-loop turn share one script call
         self._queued: list[tuple[Sequence[Event], asyncio.Future[IngestResult]]] = []
         self._flush_scheduled = False
@@ -136,7 +159,9 @@ class RedisFeatureStore:
     def from_url(
         cls, url: str, prefix: str = K.DEFAULT_PREFIX, max_connections: int = 64, timeout_s: float | None = 0.05
     ) -> "RedisFeatureStore":
-        # Blocking pool: under a burst, requests wait for a connection instead of failing at redis-py's default 100.
+        if max_connections < 1:
+            raise ValueError(f"max_connections: must be at least 1, got {max_connections}")
+        # Sized on purpose (redis-py's async pool allows 100): under a burst, requests wait for a connection.
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=5, socket_connect_timeout=2, health_check_interval=30
         )
@@ -184,21 +209,22 @@ class RedisFeatureStore:
         """One script call for several requests' events; each request gets its own counts back."""
         now = time.time() if now is None else now
         heads: list[list[Any]] = []
-        args: list[Any] = [self.keys.prefix, b"", b"", now]
+        args: list[Any] = [self.keys.prefix, b"", now]
         for events in batches:
             for e in events:
                 head, recent, log = lua_event(normalize(e, now), now)
                 heads.append(head)
                 args.append(recent)
                 args.append(log)
-        args[2] = _json.encode(heads)
-        flags = await self._call(self._eval(args), timeout=WRITE_TIMEOUT_S)
+        args[1] = _msgpack.encode(heads)
+        flags = await self._call(self._eval(args), timeout=self._write_timeout)
         out, pos = [], 0
         for events in batches:
             mine = flags[pos : pos + len(events)]
             pos += len(events)
             dups = [e.event_id for e, f in zip(events, mine) if not f]
-            out.append(IngestResult(accepted=len(events) - len(dups), duplicates=len(dups), duplicate_ids=[d for d in dups if d]))
+            ids = [d for d in dups if d]
+            out.append(IngestResult(accepted=len(events) - len(dups), duplicates=len(dups), duplicate_ids=ids))
         return out
 
     async def _eval(self, args: list[Any]) -> list[int]:
@@ -211,6 +237,8 @@ class RedisFeatureStore:
             return await self.client.evalsha(self._sha, 0, *args)  # type: ignore[no-any-return]
 
     async def upsert_items(self, items: Sequence[Item]) -> int:
+        if not items:
+            return 0
         pipe = self.client.pipeline(transaction=False)
         for item in items:
             mapping: dict[str, Any] = {
@@ -221,32 +249,38 @@ class RedisFeatureStore:
             if item.price is not None:
                 mapping["price"] = item.price
             pipe.hset(self.keys.item(item.item_id), mapping=mapping)
-        if items:
-            pipe.sadd(self.keys.catalog_index, *[i.item_id for i in items])
-        await self._call(pipe.execute(), timeout=WRITE_TIMEOUT_S)
+            if item.price is None:
+                pipe.hdel(self.keys.item(item.item_id), "price")
+        pipe.sadd(self.keys.catalog_index, *[i.item_id for i in items])
+        await self._call(pipe.execute(), timeout=self._write_timeout)
         return len(items)
 
     async def set_traits(self, traits: Mapping[str, Mapping[str, str]]) -> int:
+        """HSET t:<name> on each person's hash; a person not seen yet gets the hash with PERSON_TTL."""
         people = list(traits.items())
-        for start in range(0, len(people), 1000):
+        for start in range(0, len(people), TRAITS_CHUNK):
             pipe = self.client.pipeline(transaction=False)
-            for person, values in people[start : start + 1000]:
+            for person, values in people[start : start + TRAITS_CHUNK]:
                 if values:
-                    pipe.hset(self.keys.person(person, "p"), mapping={f"t:{k}": str(v) for k, v in values.items()})
-            await self._call(pipe.execute(), timeout=WRITE_TIMEOUT_S)
+                    key = self.keys.person(person, "p")
+                    pipe.hset(key, mapping={f"t:{k}": str(v) for k, v in values.items()})
+                    pipe.expire(key, K.PERSON_TTL, nx=True)
+            await self._call(pipe.execute(), timeout=self._write_timeout)
         return len(people)
 
     async def erase(self, customer_id: str) -> bool:
+        """Delete the person's keys and every alias linked to them; remember both ids as erased. True when a
+        profile existed. Events already in the offline log are dropped by its readers (erased.txt)."""
         person = await self.resolve(customer_id)
         aliases = await self._call(self.client.smembers(self.keys.person(person, "ids")))
         pipe = self.client.pipeline(transaction=True)
-        for part in ("p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids"):
-            pipe.delete(self.keys.person(person, part))
+        pipe.exists(self.keys.person(person, "p"))
+        pipe.delete(*[self.keys.person(person, part) for part in PERSON_PARTS])
         for alias in aliases:
             kind, _, value = _s(alias).partition(":")  # type: ignore[union-attr]
             pipe.delete(self.keys.alias(kind, value))
         pipe.sadd(self.keys.erased, person, customer_id)
-        res = await self._call(pipe.execute(), timeout=WRITE_TIMEOUT_S)
+        res = await self._call(pipe.execute(), timeout=self._write_timeout)
         return bool(res[0])
 
     async def erased_ids(self) -> set[str]:
@@ -264,7 +298,8 @@ class RedisFeatureStore:
         return {i: _item_decoder.decode(b) for i, b in zip(item_ids, blobs) if b}
 
     async def item_ids(self) -> list[str]:
-        return sorted(_s(v) for v in await self._call(self.client.smembers(self.keys.catalog_index)))  # type: ignore[type-var]
+        members = await self._call(self.client.smembers(self.keys.catalog_index))
+        return sorted(v.decode() for v in members)
 
     async def resolve(self, any_id: str) -> str:
         """One round trip: is it a person, an alias linked to one, or an anonymous person never linked?"""
@@ -308,47 +343,58 @@ class RedisFeatureStore:
     async def popular(
         self, scope: str = "all", window: Window = "pop", k: int = 100, now: float | None = None
     ) -> list[tuple[str, float]]:
+        check_popular_args(window, k)
         now = time.time() if now is None else now
         if window == "pop":
             rows = await self._call(self.client.zrevrange(self.keys.popular(scope), 0, k - 1, withscores=True))
             f = K.read_factor(K.POPULAR_HALF_LIFE, now)
             return [(_s(i), s * f) for i, s in rows]  # type: ignore[misc]
-        hour = int(now // K.HOUR)
-        hours = range(hour - K.TRENDING_KEEP // K.HOUR, hour + 1)
+        hours = trending_hours(now)
         pipe = self.client.pipeline(transaction=False)
         for h in hours:
             pipe.zrevrange(self.keys.trending(scope, h), 0, 4 * k, withscores=True)
         scores: dict[str, float] = {}
         for h, rows in zip(hours, await self._call(pipe.execute())):
-            w = 2.0 ** (-((now - (h + 1) * K.HOUR) / K.TRENDING_HALF_LIFE))
+            w = trending_weight(h, now)
             for item, s in rows:
                 key = _s(item)
-                scores[key] = scores.get(key, 0.0) + s * min(w, 1.0)  # type: ignore[index]
-        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+                scores[key] = scores.get(key, 0.0) + s * w  # type: ignore[index]
+        return top_k(scores, k)
 
     # ---- the offline log ----
 
-    async def _ensure_group(self, group: str) -> None:
+    async def _xreadgroup(self, group: str, consumer: str, start: str, count: int, block_ms: int) -> list[LogEntry]:
+        """XREADGROUP, creating the group (at id 0, with the stream) the first time it is missing."""
+        check_count(count)
+        if group not in self._groups:
+            await self._create_group(group)
+
+        def read() -> Awaitable[Any]:
+            return self.client.xreadgroup(group, consumer, {self.keys.log: start}, count=count, block=block_ms or None)
+
+        timeout = self._write_timeout + block_ms / 1000
         try:
-            await self.client.xgroup_create(self.keys.log, group, id="0", mkstream=True)
-        except ResponseError as exc:
+            res = await self._call(read(), timeout=timeout)
+        except StoreUnavailable as exc:
+            if "NOGROUP" not in str(exc):  # the stream (and its groups) was deleted since
+                raise
+            await self._create_group(group)
+            res = await self._call(read(), timeout=timeout)
+        return _decode_entries(res)
+
+    async def _create_group(self, group: str) -> None:
+        try:
+            await self._call(self.client.xgroup_create(self.keys.log, group, id="0", mkstream=True))
+        except StoreUnavailable as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        self._groups.add(group)
 
     async def log_read(self, group: str, consumer: str, count: int, block_ms: int = 0) -> list[LogEntry]:
-        await self._ensure_group(group)
-        res = await self._call(
-            self.client.xreadgroup(group, consumer, {self.keys.log: ">"}, count=count, block=block_ms or None),
-            timeout=WRITE_TIMEOUT_S + block_ms / 1000,
-        )
-        return _decode_entries(res)
+        return await self._xreadgroup(group, consumer, ">", count, block_ms)
 
     async def log_pending(self, group: str, consumer: str, count: int) -> list[LogEntry]:
-        await self._ensure_group(group)
-        res = await self._call(
-            self.client.xreadgroup(group, consumer, {self.keys.log: "0"}, count=count), timeout=WRITE_TIMEOUT_S
-        )
-        return _decode_entries(res)
+        return await self._xreadgroup(group, consumer, "0", count, 0)
 
     async def log_ack(self, group: str, entry_ids: Sequence[str]) -> int:
         if not entry_ids:
@@ -356,11 +402,40 @@ class RedisFeatureStore:
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(self.keys.log, group, *entry_ids)
         pipe.xdel(self.keys.log, *entry_ids)
-        acked, _ = await self._call(pipe.execute(), timeout=WRITE_TIMEOUT_S)
+        acked, _ = await self._call(pipe.execute(), timeout=self._write_timeout)
         return int(acked)
 
     async def log_length(self) -> int:
         return int(await self._call(self.client.xlen(self.keys.log)))
+
+
+def check_popular_args(window: str, k: int) -> None:
+    """Shared by both adapters: bad arguments are a ValueError naming the field."""
+    if window not in ("pop", "trend"):
+        raise ValueError(f"window: must be 'pop' or 'trend', got {window!r}")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k: must be a positive integer, got {k!r}")
+
+
+def check_count(count: int) -> None:
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count: must be a positive integer, got {count!r}")
+
+
+def top_k(scores: Mapping[str, float], k: int) -> list[tuple[str, float]]:
+    """Best first; ties by member, descending, as ZREVRANGE orders them (so both adapters agree)."""
+    return sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)[:k]
+
+
+def trending_hours(now: float) -> range:
+    """The hourly trending buckets read at `now`: the last TRENDING_KEEP seconds."""
+    hour = int(now // K.HOUR)
+    return range(hour - K.TRENDING_KEEP // K.HOUR, hour + 1)
+
+
+def trending_weight(hour: int, now: float) -> float:
+    """An hour bucket's weight at `now`: halves every TRENDING_HALF_LIFE after the hour ends (1 while it runs)."""
+    return min(1.0, 2.0 ** (-((now - (hour + 1) * K.HOUR) / K.TRENDING_HALF_LIFE)))
 
 
 def _settle(task: "asyncio.Future[list[IngestResult]]", futures: list["asyncio.Future[IngestResult]"]) -> None:
@@ -385,7 +460,8 @@ def _decode_entries(res: Any) -> list[LogEntry]:
             eid = _s(entry_id)
             if fields[b"k"] == b"e":
                 rec = decode_log_record(fields[b"d"])
-                rec.person_id = _s(fields[b"p"])  # type: ignore[assignment]
+                if b"p" in fields:  # entries written before the person id went into `d`
+                    rec.person_id = _s(fields[b"p"])  # type: ignore[assignment]
                 out.append((eid, rec))  # type: ignore[arg-type]
             else:
                 out.append((eid, decode_link_record(fields[b"d"])))  # type: ignore[arg-type]

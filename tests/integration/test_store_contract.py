@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import re
+import asyncio
+import math
+import random
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 import redis as syncredis
 
@@ -15,8 +19,8 @@ from features import keys as K
 from features.keys import Keys
 from features.memory_store import MemoryFeatureStore
 from features.redis_store import RedisFeatureStore
-from features.schema import Event, EventContext, Item, LinkRecord, LogRecord
-from features.store import FeatureStore
+from features.schema import Event, EventContext, Item, LinkRecord, LogRecord, decode_log_record
+from features.store import FeatureStore, StoreUnavailable
 
 NOW = time.time()
 
@@ -131,7 +135,8 @@ async def test_cart_rules_and_returns(store: FeatureStore) -> None:
 
 
 async def test_popularity_per_scope_and_trending(store: FeatureStore) -> None:
-    events = [ev("purchase", "UKHIT", NOW - 10, customer_id=f"u{i}", context=EventContext(country="UK")) for i in range(3)]
+    uk = EventContext(country="UK")
+    events = [ev("purchase", "UKHIT", NOW - 10, customer_id=f"u{i}", context=uk) for i in range(3)]
     events += [ev("view", "FRHIT", NOW - 10, customer_id=f"f{i}", context=EventContext(country="FR")) for i in range(5)]
     events += [ev("purchase", "ANCIENT", NOW - 400 * K.DAY, customer_id="old", channel="store")]
     await store.ingest(events, now=NOW)
@@ -144,18 +149,26 @@ async def test_popularity_per_scope_and_trending(store: FeatureStore) -> None:
 
 async def test_traits_erase_and_unicode(store: FeatureStore) -> None:
     title = "白色心形挂灯 🕯️ T-LIGHT"
-    await store.upsert_items([Item(item_id="杯子-1", title=title, categories=["家居"])])
-    await store.ingest([ev("view", "杯子-1", customer_id="顾客😀", anonymous_id="anon-x")], now=NOW)
-    assert (await store.get_items(["杯子-1"]))["杯子-1"].title == title
-    assert "杯子-1" in await store.item_ids()
-    await store.set_traits({"顾客😀": {"segment": "champions", "churn_risk": "0.1"}})
-    p = await store.profile("顾客😀", now=NOW)
+    who = "顾客😀" * 4  # longer than a msgpack fixstr
+    await store.upsert_items([Item(item_id="杯子-1", title=title, categories=["家居", "灯🕯️"])])
+    await store.ingest([ev("view", "杯子-1", customer_id=who, anonymous_id="anon-x", channel="app")], now=NOW)
+    assert (await store.get_items(["杯子-1", "missing"])) == {
+        "杯子-1": Item(item_id="杯子-1", title=title, categories=["家居", "灯🕯️"])
+    }
+    assert await store.item_ids() == ["杯子-1"]
+    await store.set_traits({who: {"segment": "champions", "churn_risk": "0.1"}})
+    p = await store.profile(who, now=NOW)
     assert p is not None and p.traits == {"segment": "champions", "churn_risk": "0.1"}
-    assert p.category_affinity[0][0] == "家居"
-    assert await store.erase("顾客😀")
-    assert await store.profile("顾客😀", now=NOW) is None
+    assert sorted(c for c, _ in p.category_affinity) == ["家居", "灯🕯️"]
+    assert p.recent[0].item_id == "杯子-1" and p.linked_ids == ["anonymous:anon-x"]
+    link, rec = [r for _, r in await store.log_read("g", "w", 10)]
+    assert link == LinkRecord(alias="anonymous:anon-x", person_id=who, ts=pytest.approx(NOW - 5))
+    assert isinstance(rec, LogRecord) and rec.person_id == who and rec.item_id == "杯子-1"
+    assert await store.erase(who)
+    assert await store.profile(who, now=NOW) is None
     assert await store.profile("anon-x", now=NOW) is None
-    assert "顾客😀" in await store.erased_ids()
+    assert who in await store.erased_ids()
+    assert not await store.erase("never-seen")
 
 
 async def test_log_read_pending_ack(store: FeatureStore) -> None:
@@ -171,29 +184,57 @@ async def test_log_read_pending_ack(store: FeatureStore) -> None:
     assert await store.log_length() == 2
 
 
-async def test_redis_keys_have_ttls_and_match_the_layout(redis_url: str, redis_prefix: str) -> None:
+async def test_redis_keys_are_exactly_the_layout_and_carry_their_ttls(redis_url: str, redis_prefix: str) -> None:
+    """The script's key names equal Keys(...) names, key for key, and every bounded key has its TTL."""
     s = RedisFeatureStore.from_url(redis_url, prefix=redis_prefix, timeout_s=2.0)
-    await s.upsert_items([Item(item_id="A", categories=["mugs"])])
-    await s.ingest([ev("add_to_cart", "A", NOW - 5, anonymous_id="ck", context=EventContext(country="UK")),
-                    ev("purchase", "A", NOW - 4, context=EventContext(country="UK"))], now=NOW)
+    await s.upsert_items([Item(item_id="A", categories=["mugs", "kitchen"])])
+    uk = EventContext(country="UK")
+    await s.ingest([ev("add_to_cart", "A", NOW - 5, customer_id=None, anonymous_id="ck", event_id="e1", context=uk),
+                    ev("purchase", "A", NOW - 4, anonymous_id="ck", event_id="e2", context=uk),
+                    ev("return", "A", NOW - 3, event_id="e3", value=2.0),
+                    ev("add_to_cart", "B", NOW - 2, event_id="e4", channel="app")], now=NOW)
+    await s.close()
+    k = Keys(redis_prefix)
+    hour = int((NOW - 5) // K.HOUR)
+    ttl_of = {k.person("c1", part): K.PERSON_TTL for part in ("p", "r", "ia", "ca", "b", "rt", "ids")}
+    ttl_of |= {k.person("c1", "cart"): K.CART_TTL, k.person("c1", "s"): K.SESSION_TTL}
+    ttl_of |= {k.alias("anonymous", "ck"): K.PERSON_TTL}
+    ttl_of |= {k.dedupe(f"e{i}"): K.DEDUPE_TTL for i in range(1, 5)}
+    ttl_of |= {k.item_stats("A"): K.ITEM_STATS_TTL, k.item_stats("B"): K.ITEM_STATS_TTL}
+    trend_end = (hour + 1) * K.HOUR + K.TRENDING_KEEP - time.time()
+    ttl_of |= {k.trending(scope, hour): trend_end for scope in ("all", "ch:web", "ch:app", "co:UK")}
+    no_ttl = {k.item("A"), k.catalog_index, k.log} | {k.popular(x) for x in ("all", "ch:web", "ch:app", "co:UK")}
+    r = syncredis.Redis.from_url(redis_url)
+    try:
+        found = {key.decode() for key in r.scan_iter(match=f"{redis_prefix}:*", count=1000)}
+        assert found == set(ttl_of) | no_ttl  # the anonymous person's keys are gone: merged into c1
+        for key, ttl in ttl_of.items():
+            assert ttl - 5 <= r.ttl(key) <= ttl + 1, key
+        for key in no_ttl:
+            assert r.ttl(key) == -1, key
+    finally:
+        r.close()
+
+
+async def test_stream_entries_are_the_shared_format(redis_url: str, redis_prefix: str) -> None:
+    """Fields exactly k and d; d is encode_log_record(LogRecord) with the resolved person, however long its id."""
+    person = "顾客😀" * 4  # 52 bytes of UTF-8: a msgpack str8, not a fixstr
+    s = RedisFeatureStore.from_url(redis_url, prefix=redis_prefix, timeout_s=2.0)
+    await s.ingest([ev("view", "A", customer_id=None, anonymous_id="ck", event_id="x1"),
+                    ev("view", "A", customer_id=person, anonymous_id="ck", event_id="x2", value=1.25)], now=NOW)
     await s.close()
     r = syncredis.Redis.from_url(redis_url)
-    found = {k.decode() for k in r.scan_iter(match=f"{redis_prefix}:*", count=1000)}
-    k = Keys(redis_prefix)
-    expected = {k.person("c1", part) for part in ("p", "r", "ia", "ca", "b", "ids")}
-    expected |= {k.alias("anonymous", "ck"), k.item("A"), k.item_stats("A"), k.dedupe("x")[:-3], k.log}
-    expected |= {k.popular(scope) for scope in ("all", "ch:web", "co:UK")}
-    expected |= {k.trending("all", int((NOW - 5) // 3600))}
-    for key in expected - {k.dedupe("x")[:-3]}:
-        assert key in found, key
-    unbounded = {k.item("A"), k.log, k.catalog_index} | {k.popular(s_) for s_ in ("all", "ch:web", "co:UK")}
-    for key in found - unbounded:
-        assert r.ttl(key) > 0, f"{key} has no TTL"
-    # every key the script wrote is one the layout in features/keys.py names
-    pattern = re.compile(rf"^{re.escape(redis_prefix)}:(c:\{{[^}}]+\}}:(p|r|ia|ca|b|rt|cart|s|ids)|id:\{{[^}}]+\}}"
-                         rf"|i:\{{[^}}]+\}}(:n)?|pop:\{{[^}}]+\}}:(pop|h:\d+)|ev:\{{[^}}]+\}}|log|items)$")
-    assert all(pattern.match(key) for key in found), [key for key in found if not pattern.match(key)]
-    r.close()
+    try:
+        entries = r.xrange(Keys(redis_prefix).log)
+    finally:
+        r.close()
+    assert all(set(fields) == {b"k", b"d"} for _, fields in entries)
+    kinds = [fields[b"k"] for _, fields in entries]
+    assert kinds == [b"e", b"l", b"e"]  # the link is logged before the event that made it
+    first, last = decode_log_record(entries[0][1][b"d"]), decode_log_record(entries[2][1][b"d"])
+    assert (first.event_id, first.person_id, first.anonymous_id) == ("x1", "anonymous:ck", "ck")
+    assert (last.event_id, last.person_id, last.customer_id, last.value) == ("x2", person, person, 1.25)
+    assert last.ingested_at == NOW and last.ts == pytest.approx(NOW - 5)
 
 
 def test_lua_script_ships_with_the_package() -> None:
@@ -214,3 +255,273 @@ async def test_concurrent_small_ingests_each_get_their_own_answer(store: Feature
     assert all(r.duplicate_ids == [q[0].event_id] for r, q in zip(results, reqs) if r.duplicates)
     p = await store.profile("c1")
     assert p is not None and p.counts["type:view"] == 5
+
+
+async def test_merge_repoints_every_alias_of_the_anonymous_person(store: FeatureStore) -> None:
+    # a visitor known by a cookie and a device; the login event carries only the device
+    await store.ingest([ev("view", "A", NOW - 30, customer_id=None, anonymous_id="ck", device_id="dev")], now=NOW)
+    await store.ingest([ev("view", "B", NOW - 20, customer_id="c1", device_id="dev")], now=NOW)
+    for any_id in ("c1", "ck", "dev"):
+        p = await store.profile(any_id, now=NOW)
+        assert p is not None and p.customer_id == "c1" and p.counts["type:view"] == 2, any_id
+    await store.ingest([ev("view", "C", NOW - 10, customer_id=None, anonymous_id="ck")], now=NOW)
+    p = await store.profile("c1", now=NOW)
+    assert p is not None and p.counts["type:view"] == 3
+    assert p.linked_ids == ["anonymous:ck", "device:dev"]
+    links = [(r.alias, r.person_id) for _, r in await store.log_read("g", "w", 100) if isinstance(r, LinkRecord)]
+    assert links == [("device:dev", "anonymous:ck"), ("anonymous:ck", "c1"), ("device:dev", "c1")]
+
+
+async def test_shared_device_follows_the_last_login(store: FeatureStore) -> None:
+    await store.ingest([ev("view", "A", NOW - 30, customer_id="alice", device_id="tablet")], now=NOW)
+    await store.ingest([ev("view", "B", NOW - 20, customer_id="bob", device_id="tablet")], now=NOW)
+    await store.ingest([ev("view", "C", NOW - 10, customer_id=None, device_id="tablet")], now=NOW)
+    alice, bob = await store.profile("alice", now=NOW), await store.profile("bob", now=NOW)
+    assert alice is not None and bob is not None
+    assert [r.item_id for r in alice.recent] == ["A"]  # her past stays hers
+    assert [r.item_id for r in bob.recent] == ["C", "B"]  # later anonymous use goes to the last login
+    assert alice.linked_ids == [] and bob.linked_ids == ["device:tablet"]
+    assert await store.erase("alice")  # erasing alice must not cut bob's device link
+    bob_again = await store.profile("tablet", now=NOW)
+    assert bob_again is not None and bob_again.customer_id == "bob"
+
+
+async def test_late_and_imported_events_count_but_never_move_state_backwards(store: FeatureStore) -> None:
+    await store.ingest([ev("view", "A", NOW - 60, context=EventContext(country="FR", session_id="s2"))], now=NOW)
+    await store.ingest(
+        [ev("view", "OLD", NOW - 50 * K.DAY, context=EventContext(country="DE")),
+         ev("purchase", "B", NOW - 90, channel="app", value=5.0, context=EventContext(country="UK", session_id="s1"))],
+        now=NOW,
+    )
+    p = await store.profile("c1", now=NOW)
+    assert p is not None
+    assert p.counts["type:view"] == 2 and p.orders == 1 and p.monetary == pytest.approx(5.0)
+    assert p.first_seen == pytest.approx(NOW - 50 * K.DAY) and p.last_seen == pytest.approx(NOW - 60)
+    assert p.country == "FR"  # the latest event's, not a late one's
+    assert p.last_seen_by_channel == pytest.approx({"web": NOW - 60, "app": NOW - 90})
+    assert p.session is not None and p.session.session_id == "s2"  # the late s1 event does not reopen s1
+    assert [r.item_id for r in p.recent] == ["A", "B", "OLD"]
+
+
+async def test_session_rules(store: FeatureStore) -> None:
+    t0 = NOW - 3 * K.SESSION_TTL
+    # same session while events keep coming within SESSION_TTL of each other
+    await store.ingest([ev("view", "A", t0), ev("view", "B", t0 + K.SESSION_TTL - 10)], now=t0 + K.SESSION_TTL - 5)
+    p = await store.profile("c1", now=t0 + K.SESSION_TTL - 5)
+    assert p is not None and p.session is not None
+    assert (p.session.started, p.session.items) == (pytest.approx(t0), ["B", "A"])
+    first_id = p.session.session_id
+    # a gap longer than SESSION_TTL starts a new session (named after the event that starts it)
+    t1 = t0 + 2 * K.SESSION_TTL + 5
+    await store.ingest([ev("view", "C", t1, event_id="starts-s")], now=t1)
+    p = await store.profile("c1", now=t1)
+    assert p is not None and p.session is not None
+    assert p.session.session_id == "starts-s" != first_id and p.session.items == ["C"]
+    # a client session id that changes starts a new session too
+    await store.ingest([ev("view", "D", t1 + 1, context=EventContext(session_id="tab-2"))], now=t1 + 1)
+    p = await store.profile("c1", now=t1 + 1)
+    assert p is not None and p.session is not None
+    assert (p.session.session_id, p.session.items) == ("tab-2", ["D"])
+
+
+async def test_caps_keep_the_strongest_affinities(store: FeatureStore) -> None:
+    fav = [ev("purchase", "FAV", NOW - 3000 + i) for i in range(3)]
+    noise = [ev("view", f"N{i:03d}", NOW - 2000 + i) for i in range(K.ITEM_AFF_CAP + 40)]
+    await store.ingest(fav + noise[:150], now=NOW)
+    await store.ingest(noise[150:], now=NOW)
+    p = await store.profile("c1", now=NOW)
+    assert p is not None and p.item_affinity[0] == ("FAV", pytest.approx(15.0, rel=1e-3))
+    assert p.purchased == {"FAV": pytest.approx(NOW - 2998)}
+    assert [r.item_id for r in p.recent[:2]] == [f"N{K.ITEM_AFF_CAP + 39:03d}", f"N{K.ITEM_AFF_CAP + 38:03d}"]
+    ia, recent = await raw_sizes(store, "c1")
+    assert K.ITEM_AFF_CAP <= ia <= K.ITEM_AFF_CAP + 15  # trimmed every 16th event of the person
+    assert K.RECENT_CAP <= recent <= K.RECENT_CAP + 15
+
+
+async def raw_sizes(store: FeatureStore, person: str) -> tuple[int, int]:
+    """(item-affinity entries, recent entries) as stored, whatever the adapter."""
+    if isinstance(store, MemoryFeatureStore):
+        return len(store.people[person].ia), len(store.people[person].recent)
+    assert isinstance(store, RedisFeatureStore)
+    return (await store.client.zcard(store.keys.person(person, "ia")),
+            await store.client.llen(store.keys.person(person, "r")))
+
+
+async def test_bad_arguments_name_the_field(store: FeatureStore) -> None:
+    with pytest.raises(ValueError, match="window"):
+        await store.popular("all", "weekly", now=NOW)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="^k:"):
+        await store.popular("all", k=0, now=NOW)
+    with pytest.raises(ValueError, match="^count:"):
+        await store.log_read("g", "w", 0)
+    assert await store.popular("co:nowhere", now=NOW) == []
+    assert await store.popular("co:nowhere", "trend", now=NOW) == []
+    assert (await store.ingest([], now=NOW)).accepted == 0
+    assert await store.get_items([]) == {} and await store.upsert_items([]) == 0
+
+
+async def test_log_pending_before_any_read_and_ack_of_unknown_ids(store: FeatureStore) -> None:
+    assert await store.log_pending("fresh", "w", 10) == []
+    assert await store.log_read("fresh", "w", 10) == []
+    await store.ingest([ev("view", "A", event_id="only")], now=NOW)
+    [(entry_id, rec)] = await store.log_read("fresh", "w", 10)
+    assert isinstance(rec, LogRecord) and rec.event_id == "only"
+    assert await store.log_pending("fresh", "other-worker", 10) == []  # pending is per consumer
+    assert await store.log_read("second-group", "w", 10) != []  # every group sees the entry
+    assert await store.log_ack("fresh", [entry_id]) == 1
+    assert await store.log_ack("fresh", [entry_id]) == 0
+    assert await store.log_pending("fresh", "w", 10) == [] and await store.log_length() == 0
+
+
+# ---- the two adapters agree ----
+
+
+def random_events(seed: int, n: int) -> list[Event]:
+    """A small shop: logins, shared devices, carts, returns, imports, replays; planted so every rule fires."""
+    rng = random.Random(seed)
+    types = ["view"] * 5 + ["click", "add_to_cart", "add_to_cart", "remove_from_cart", "purchase", "return",
+                            "email_click", "search", "content_click"]
+    out: list[Event] = []
+    for i in range(n):
+        t = rng.choice(types)
+        ids: dict[str, Any] = {}
+        who = rng.randrange(6)
+        if rng.random() < 0.5:
+            ids["customer_id"] = f"cust-{who}"
+        if rng.random() < 0.6 or not ids:
+            ids["anonymous_id"] = f"ck-{who + rng.randrange(2)}"
+        if rng.random() < 0.3:
+            ids["device_id"] = f"dev-{rng.randrange(4)}"
+        ts = NOW - (rng.random() * 60 * K.DAY if rng.random() < 0.2 else 900 - i)
+        country = rng.choice([None, "UK", "FR"])
+        session = rng.choice([None, None, "s-a", "s-b"])
+        out.append(Event(
+            type=t,  # type: ignore[arg-type]
+            channel=rng.choice(["web", "app", "email"]),  # type: ignore[arg-type]
+            event_id=f"r{rng.randrange(int(n * 0.9))}",  # about one in ten is a replay
+            item_id=f"I{rng.randrange(12)}" if t not in ("search", "email_click", "content_click") else None,
+            content_id="K1" if t == "content_click" else None,
+            quantity=rng.choice([None, 1, 2, 3]),
+            value=round(rng.uniform(1, 50), 2) if t in ("purchase", "return") else None,
+            timestamp=datetime.fromtimestamp(ts, tz=timezone.utc),
+            context=EventContext(country=country, session_id=session),
+            **ids,
+        ))
+    return out
+
+
+def assert_same(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9), f"{where}: {a} != {b}"
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), f"{where}: {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), f"{where}: {a} != {b}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+async def test_both_adapters_give_equal_profiles_popularity_and_logs(redis_url: str, redis_prefix: str) -> None:
+    mem = MemoryFeatureStore()
+    red = RedisFeatureStore.from_url(redis_url, prefix=redis_prefix, timeout_s=2.0)
+    try:
+        catalog = [Item(item_id=f"I{i}", categories=[f"dept{i % 3}", f"aisle{i % 5}"]) for i in range(10)]
+        events = random_events(seed=7, n=300)
+        answers = []
+        for s in (mem, red):
+            await s.upsert_items(catalog)
+            pos, got = 0, []
+            for size in (1, 7, 50, 100, 142):
+                batch = [msgspec.structs.replace(e) for e in events[pos : pos + size]]
+                got.append(await s.ingest(batch, now=NOW))
+                pos += size
+            answers.append(got)
+            await s.set_traits({"cust-1": {"segment": "loyal"}})
+        assert answers[0] == answers[1]
+        accepted = sum(r.accepted for r in answers[0])
+        assert 0 < sum(r.duplicates for r in answers[0]) < 150
+        ids = [f"cust-{i}" for i in range(6)] + [f"ck-{i}" for i in range(7)] + [f"dev-{i}" for i in range(4)]
+        merged = 0
+        for any_id in ids:
+            a, b = await mem.profile(any_id, now=NOW), await red.profile(any_id, now=NOW)
+            assert_same(msgspec.to_builtins(a), msgspec.to_builtins(b), any_id)
+            merged += a is not None and any(x.startswith("anonymous:") for x in a.linked_ids)
+        assert merged >= 2  # the planted logins did merge anonymous histories
+        for scope in ("all", "ch:web", "co:UK", "co:FR"):
+            for window in ("pop", "trend"):
+                assert_same(await mem.popular(scope, window, now=NOW), await red.popular(scope, window, now=NOW),
+                            f"{scope}/{window}")
+        logs = [[msgspec.to_builtins(r) for _, r in await s.log_read("g", "w", 1000)] for s in (mem, red)]
+        assert_same(logs[0], logs[1], "log")
+        assert sum(isinstance(r, list) and len(r) > 3 for r in logs[0]) == accepted  # event records; links are 3 long
+        assert await mem.log_length() == await red.log_length() == len(logs[0])
+    finally:
+        await red.close()
+
+
+# ---- Redis failure modes ----
+
+
+async def test_redis_reloads_a_script_the_server_forgot(redis_url: str, redis_prefix: str) -> None:
+    s = RedisFeatureStore.from_url(redis_url, prefix=redis_prefix, timeout_s=2.0)
+    try:
+        await s.ingest([ev("view", "A", event_id="n1")], now=NOW)
+        s._sha = "0" * 40  # what SCRIPT FLUSH or a restart does to a cached sha (without flushing a shared server)
+        assert (await s.ingest([ev("view", "A", event_id="n2")], now=NOW)).accepted == 1
+        assert s._sha != "0" * 40
+        p = await s.profile("c1", now=NOW)
+        assert p is not None and p.counts["type:view"] == 2
+    finally:
+        await s.close()
+
+
+async def test_redis_log_survives_the_stream_being_deleted(redis_url: str, redis_prefix: str) -> None:
+    s = RedisFeatureStore.from_url(redis_url, prefix=redis_prefix, timeout_s=2.0)
+    try:
+        await s.ingest([ev("view", "A", event_id="d1")], now=NOW)
+        assert len(await s.log_read("g", "w", 10)) == 1
+        await s.client.delete(s.keys.log)  # groups go with it: the next read must recreate the group
+        await s.ingest([ev("view", "A", event_id="d2")], now=NOW)
+        got = await s.log_read("g", "w", 10)
+        assert [r.event_id for _, r in got if isinstance(r, LogRecord)] == ["d2"]
+    finally:
+        await s.close()
+
+
+async def test_redis_unreachable_or_silent_raises_store_unavailable() -> None:
+    dead = RedisFeatureStore.from_url("redis://127.0.0.1:1/0", prefix="x", timeout_s=0.5)
+    with pytest.raises(StoreUnavailable):
+        await dead.ingest([ev("view", "A")], now=NOW)
+    assert not await dead.ping()
+    await dead.close()
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)  # accept, read, never answer
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent = RedisFeatureStore.from_url(f"redis://127.0.0.1:{port}/0", prefix="x", timeout_s=0.2)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await silent.profile("c1")
+        with pytest.raises(StoreUnavailable):
+            await silent.popular("all")
+        assert time.monotonic() - started < 2.0
+    finally:
+        server.close()
+        await silent.client.connection_pool.disconnect()
+        await silent.close()
+
+
+def test_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="timeout_s"):
+        RedisFeatureStore.from_url("redis://127.0.0.1:6379/15", timeout_s=0)
+    with pytest.raises(ValueError, match="max_connections"):
+        RedisFeatureStore.from_url("redis://127.0.0.1:6379/15", max_connections=0)
