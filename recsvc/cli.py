@@ -1,12 +1,17 @@
-"""The `recsvc` command: serve, import, drain, train and the one-process local demo."""
+"""The `recsvc` command: serve, import, drain, train and the one-process local demo.
+
+Training code is imported only when `train` or `demo` runs, so the serving image needs no training dependencies.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,6 +20,7 @@ from features.offline_log import drain
 from features.store import FeatureStore
 from recsvc.lifespan import open_store
 from recsvc.logging import configure_logging
+from recsvc.security import ConfigError
 from recsvc.settings import Settings
 
 BUNDLED_RETAIL = Path(__file__).resolve().parent.parent / "data" / "online_retail.csv.gz"
@@ -64,23 +70,33 @@ async def _import_and_drain(settings: Settings, kind: str, path: Path, batch_siz
 async def _drain(settings: Settings, follow: bool) -> int:
     store = open_store(settings)
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if follow:  # Ctrl-C / SIGTERM finish the batch in hand, then report
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"draining into {settings.data_dir} until interrupted", file=sys.stderr)
     try:
         report = await drain(store, settings.data_dir, once=not follow, progress=not follow, stop=stop)
         print(report.summary())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        stop.set()
     finally:
+        if follow:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
         await store.close()
     return 0
 
 
+TRAIN_MISSING = 2
+
+
 def _train(argv: list[str]) -> int:
+    """Forward to `training.cli:main`, imported only now: training deps live only in the train image."""
     try:
-        training_cli = importlib.import_module("training.cli")  # training deps live only in the train image
+        training_cli = importlib.import_module("training.cli")
     except ImportError as exc:
         print(f"recsvc train needs the training extras: pip install 'recsvc[train]' ({exc})", file=sys.stderr)
-        return 2
-    return int(training_cli.main(argv))
+        return TRAIN_MISSING
+    return int(training_cli.main(argv) or 0)
 
 
 async def _publish_segments(store: FeatureStore, settings: Settings) -> int:
@@ -102,6 +118,11 @@ def _serve(settings: Settings, host: str, port: int, workers: int, store: Featur
 
     from recsvc.app import create_app
 
+    if workers > 1 and not settings.redis_url:
+        print("serve: --workers above 1 needs RECSVC_REDIS_URL (the embedded store lives in one process)",
+              file=sys.stderr)
+        return 2
+    create_app(settings, store=store)  # fail fast (missing API keys) before uvicorn starts workers
     if store is not None:  # the demo hands over its in-process store
         uvicorn.run(create_app(settings, store=store), host=host, port=port, log_level="warning")
     else:
@@ -120,32 +141,58 @@ def _demo(args: argparse.Namespace) -> int:
         print((await drain(store, settings.data_dir, progress=True)).summary())
 
     asyncio.run(load())
-    if not args.skip_train:
+    if args.skip_train:
+        pass
+    elif importlib.util.find_spec("training") is None:
+        print("training is not installed; serving the live features without models", file=sys.stderr)
+    else:
         code = _train(["all", "--data-dir", str(settings.data_dir)])
         if code:
             print(f"training failed with code {code}; serving the live features without models", file=sys.stderr)
         else:
-            print(f"published segment traits for {asyncio.run(_publish_segments(store, settings))} customers")
+            try:
+                print(f"published segment traits for {asyncio.run(_publish_segments(store, settings))} customers")
+            except Exception as exc:  # the demo still serves live features without segments
+                print(f"could not publish segment traits: {type(exc).__name__}: {exc}", file=sys.stderr)
     print(f"serving on http://{args.host}:{args.port} (open access; OpenAPI at /schema)")
     return _serve(settings, args.host, args.port, 1, store=store)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The console script; returns the exit status (2 for a usage or configuration error)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         return _train(argv[1:])
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as exc:
+        print(f"recsvc {args.cmd}: refusing to start: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "demo":
         return _demo(args)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a number-valued variable that is not a number
+        raise ConfigError(f"environment: {exc}") from exc
     configure_logging(settings.log_json)
     if args.cmd == "serve":
         return _serve(settings, args.host, args.port, args.workers)
     if args.cmd == "import":
-        if not args.path.exists():
-            print(f"path: {args.path} does not exist", file=sys.stderr)
+        if not args.path.is_file():
+            print(f"path: {args.path} is not a file", file=sys.stderr)
             return 2
-        return asyncio.run(_import_and_drain(settings, args.kind, args.path, args.batch_size))
+        if args.batch_size < 1:
+            print("--batch-size: must be at least 1", file=sys.stderr)
+            return 2
+        try:
+            return asyncio.run(_import_and_drain(settings, args.kind, args.path, args.batch_size))
+        except ValueError as exc:  # importers name the problem (unsupported file type, bad header)
+            print(f"import: {exc}", file=sys.stderr)
+            return 2
     if args.cmd == "drain":
         return asyncio.run(_drain(settings, args.follow))
     return 2

@@ -19,18 +19,31 @@ RETRY_AFTER_S = "1"
 
 
 class RecsvcError(Exception):
+    """A domain error: its class says the status, `field` names the offending input."""
+
     status_code = 400
     error = "bad_request"
 
-    def __init__(self, detail: str, field: str | None = None) -> None:
+    def __init__(self, detail: str, field: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.field = field
+        self.headers = headers
 
 
 class NotFound(RecsvcError):
     status_code = 404
     error = "not_found"
+
+
+class RateLimited(RecsvcError):
+    """Raised by a `security.RateLimiter` when a key is over its budget."""
+
+    status_code = 429
+    error = "rate_limited"
+
+    def __init__(self, detail: str, retry_after_s: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after_s))})
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
@@ -71,8 +84,13 @@ def handle_decode(_: Request, exc: msgspec.DecodeError) -> Response[ErrorBody]:
     return _body(400, "malformed_body", f"not valid UTF-8 JSON: {detail}", field or "$")
 
 
+def handle_unicode(_: Request, exc: UnicodeDecodeError) -> Response[ErrorBody]:
+    # msgspec raises this (not DecodeError) for invalid UTF-8 inside a JSON string
+    return _body(400, "malformed_body", f"not valid UTF-8: byte {exc.start} of a string ({exc.reason})", "$")
+
+
 def handle_domain(_: Request, exc: RecsvcError) -> Response[ErrorBody]:
-    return _body(exc.status_code, exc.error, exc.detail, exc.field)
+    return _body(exc.status_code, exc.error, exc.detail, exc.field, headers=exc.headers)
 
 
 def handle_store_unavailable(_: Request, exc: StoreUnavailable) -> Response[ErrorBody]:
@@ -110,6 +128,7 @@ def handle_unexpected(_: Request, exc: Exception) -> Response[ErrorBody]:
 EXCEPTION_HANDLERS = {
     msgspec.ValidationError: handle_validation,
     msgspec.DecodeError: handle_decode,
+    UnicodeDecodeError: handle_unicode,
     RecsvcError: handle_domain,
     StoreUnavailable: handle_store_unavailable,
     ValidationException: handle_litestar_validation,

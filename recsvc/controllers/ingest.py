@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar.di import NamedDependency
 from litestar import Controller, Request, get, post, put
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from features.schema import ID_PATTERN, MAX_ITEMS_PER_UPSERT, IngestResult, Item, decode_events
-from features.store import FeatureStore
 from recsvc.errors import NotFound
+from recsvc.lifespan import StoreDep
 
 ItemId = Annotated[str, PathParameter(pattern=ID_PATTERN, max_length=128, description="catalog item id")]
 
@@ -32,9 +31,10 @@ _items_body = msgspec.json.Decoder(ItemsBody)
 class EventsController(Controller):
     path = "/v1/events"
     tags = ["events"]
+    security = [{"apiKey": []}]
 
     @post(status_code=HTTP_202_ACCEPTED, opt={"scope": "events:write"}, summary="Ingest one event or a batch (max 1,000)")
-    async def ingest(self, request: Request, store: NamedDependency[FeatureStore]) -> IngestResult:
+    async def ingest(self, request: Request, store: StoreDep) -> IngestResult:
         """Body: one event object or a JSON array of them. All-or-nothing validation: one bad event rejects the
         request before anything is stored. Replays (same event_id) are counted as duplicates, not stored again."""
         events = decode_events(await request.body())
@@ -44,9 +44,10 @@ class EventsController(Controller):
 class CatalogController(Controller):
     path = "/v1/catalog/items"
     tags = ["catalog"]
+    security = [{"apiKey": []}]
 
     @put(opt={"scope": "admin"}, summary="Upsert catalog items in bulk")
-    async def upsert(self, request: Request, store: NamedDependency[FeatureStore]) -> UpsertResult:
+    async def upsert(self, request: Request, store: StoreDep) -> UpsertResult:
         """Body: a JSON array of items, or {"items": [...]}; at most 10,000 per request."""
         body = await request.body()
         items = _items_body.decode(body).items if body.lstrip()[:1] == b"{" else _items_list.decode(body)
@@ -55,7 +56,7 @@ class CatalogController(Controller):
         return UpsertResult(upserted=await store.upsert_items(items))
 
     @get("/{item_id:str}", opt={"scope": "recs:read"}, summary="One catalog item")
-    async def get_item(self, item_id: ItemId, store: NamedDependency[FeatureStore]) -> Item:
+    async def get_item(self, item_id: ItemId, store: StoreDep) -> Item:
         found = await store.get_items([item_id])
         if item_id not in found:
             raise NotFound(f"no catalog item {item_id!r}", "item_id")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import msgspec
-from litestar.di import NamedDependency
 from litestar import Response, get
 
-from features.store import FeatureStore
+from recsvc.lifespan import StoreDep
 
 
-class Health(msgspec.Struct):
+
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
     store: str | None = None
 
@@ -20,6 +20,6 @@ async def health() -> Health:
 
 
 @get("/ready", tags=["ops"], summary="Ready: the feature store answers")
-async def ready(store: NamedDependency[FeatureStore]) -> Response[Health]:
+async def ready(store: StoreDep) -> Response[Health]:
     ok = await store.ping()
     return Response(Health(status="ready" if ok else "unavailable", store=store.backend), status_code=200 if ok else 503)
