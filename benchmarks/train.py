@@ -39,9 +39,11 @@ def scaled(train: TrainSet, factor: int, seed: int = 0) -> TrainSet:
     w = sp.vstack(mats).tocsr()
     n = w.shape[0]
     return TrainSet(user_ids=[f"u{i}" for i in range(n)], item_ids=train.item_ids, weights=w,
-                    purchases=sp.vstack([train.purchases] * factor).tocsr(), last_ts=sp.vstack([train.last_ts] * factor).tocsr(),
-                    split_ts=train.split_ts, user_country=train.user_country * factor, item_title=train.item_title,
-                    item_categories=train.item_categories, item_price=train.item_price, user_segment=train.user_segment * factor)
+                    purchases=sp.vstack([train.purchases] * factor).tocsr(),
+                    last_ts=sp.vstack([train.last_ts] * factor).tocsr(), split_ts=train.split_ts,
+                    user_country=train.user_country * factor, item_title=train.item_title,
+                    item_categories=train.item_categories, item_price=train.item_price,
+                    user_segment=train.user_segment * factor)
 
 
 def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -66,7 +68,8 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "training", "all", "--data-dir", args.data_dir, "--no-progress",
                             "--tracking-uri", f"sqlite:///{d}/mlflow.db"], check=True, capture_output=True,
                            env={**os.environ, "RECSVC_ARTIFACT_ROOT": Path(d, "a").as_uri()})
-            print(f"| `recsvc train all` on Online Retail (3 families, 9 recommender models, MLflow) | {time.perf_counter() - t:.1f} s |\n")
+            print("| `recsvc train all` on Online Retail (3 families, 9 recommender models, MLflow) | "
+                  f"{time.perf_counter() - t:.1f} s |\n")
     ds = load_dataset(None, args.data_dir)
     base = build_trainset(ds, to_ts("2011-11-01"))
     print("| interactions | users | ALS fit s | BM25 item-kNN fit s | BPR fit s |")
@@ -81,8 +84,8 @@ def main() -> None:
     ours = timed(lambda: ALS().fit(base), 5)
     bare = timed(lambda: AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15, random_state=7,
                                                  num_threads=1).fit(conf, show_progress=False), 5)
-    print(f"\n| ALS in the pipeline (confidence + fit + factors to numpy) | {ours:.2f} s | bare implicit fit, same matrix | "
-          f"{bare:.2f} s | ratio {ours / bare:.2f}x |")
+    print(f"\n| ALS in the pipeline (confidence + fit + factors to numpy) | {ours:.2f} s "
+          f"| bare implicit fit, same matrix | {bare:.2f} s | ratio {ours / bare:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,13 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from training.config import load_config
-from training.data import load_dataset
+from tqdm import tqdm
+
+from training.config import TrainConfig, load_config
+from training.data import load_interactions, to_ts
+from training.propensity import train_propensity
+from training.recommender import RecommenderResult, markdown_table, train_recommender
+from training.segments import train_segments
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "evaluation.md"
 
@@ -39,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data_dir = args.data_dir or Path(os.environ.get("RECSVC_DATA_DIR", "var/data"))
     try:
-        cfg = load_config(args.config, args.overrides, data_dir=data_dir, source=args.source, split_date=args.split_date,
-                          end_date=args.end_date, seed=args.seed, tracking_uri=args.tracking_uri,
+        cfg = load_config(args.config, args.overrides, data_dir=data_dir, source=args.source,
+                          split_date=args.split_date, end_date=args.end_date, seed=args.seed, tracking_uri=args.tracking_uri,
                           force=args.force or None, quick=args.quick or None, progress=not args.no_progress)
     except (ValueError, OSError) as exc:
         print(f"config: {exc}", file=sys.stderr)
@@ -48,40 +53,41 @@ def main(argv: list[str] | None = None) -> int:
     families = ["recommender", "segments", "propensity"] if args.family == "all" else [args.family]
     summary: list[tuple[str, str, str, str, float, float | None, float]] = []
     ds = None
-    if {"recommender", "segments"} & set(families):
-        ds = load_dataset(cfg.source, cfg.data_dir)
-        if ds.events.empty:
-            print(f"no events in {ds.source}: import data first (recsvc import ...; recsvc drain)", file=sys.stderr)
-            return 2
     rec = None
-    for family in families:
-        t = time.perf_counter()
-        if family == "recommender":
-            from training.recommender import train_recommender
-
-            rec = train_recommender(cfg, ds)
-            promo = rec.promotion
-        elif family == "segments":
-            from training.segments import train_segments
-
-            promo = train_segments(cfg, ds).promotion
-        else:
-            from training.propensity import train_propensity
-
-            promo = train_propensity(cfg).promotion
-        assert promo is not None
-        summary.append((promo.family, promo.version, promo.alias, promo.metric, promo.value, promo.champion_value,
-                        time.perf_counter() - t))
-        if promo.forced:
-            print(f"NOTE: {promo.family} v{promo.version} made champion by --force: {promo.reason}")
+    try:
+        for day in (cfg.split_date, cfg.end_date):
+            to_ts(day)  # a bad date fails here, before minutes of work
+        if {"recommender", "segments"} & set(families):
+            with tqdm(total=1, desc="data: load interactions", disable=not cfg.progress) as bar:
+                ds = load_interactions(cfg.source, cfg.data_dir)
+                bar.update()
+            if ds.events.empty:
+                print(f"no events in {ds.source}: import data first (recsvc import ...; recsvc drain)", file=sys.stderr)
+                return 2
+        for family in families:
+            t = time.perf_counter()
+            if family == "recommender":
+                rec = train_recommender(cfg, ds)
+                promo = rec.promotion
+            elif family == "segments":
+                promo = train_segments(cfg, ds).promotion
+            else:
+                promo = train_propensity(cfg).promotion
+            if promo is None:
+                raise RuntimeError(f"{family}: the job returned no promotion result")
+            summary.append((promo.family, promo.version, promo.alias, promo.metric, promo.value, promo.champion_value,
+                            time.perf_counter() - t))
+            if promo.forced:
+                print(f"NOTE: {promo.family} v{promo.version} made champion by --force: {promo.reason}")
+    except ValueError as exc:  # bad data or settings (DataError is one): a message naming the field, exit 2
+        print(f"train {args.family}: {exc}", file=sys.stderr)
+        return 2
     print()
     print(f"{'family':20} {'version':>7} {'alias':>10} {'metric':>16} {'value':>8} {'previous':>9} {'seconds':>8}")
     for fam, ver, alias, metric, value, prev, secs in summary:
         prev_s = f"{prev:.4f}" if prev is not None else "-"
         print(f"{fam:20} {ver:>7} {alias:>10} {metric:>16} {value:8.4f} {prev_s:>9} {secs:8.1f}")
     if rec is not None:
-        from training.recommender import markdown_table
-
         print()
         print(markdown_table(rec.rows))
         if args.write_docs:
@@ -90,15 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_docs(rec: object, cfg: object) -> None:
-    from training.recommender import RecommenderResult, markdown_table
-
-    assert isinstance(rec, RecommenderResult)
+def write_docs(rec: RecommenderResult, cfg: TrainConfig) -> None:
+    """Replace the results block of docs/evaluation.md with this run's side-by-side table."""
     text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
     start, end = "<!-- results:start -->", "<!-- results:end -->"
-    block = (f"{start}\nData fingerprint `{rec.fingerprint}`; blend weights {rec.weights}; "
-             f"generated {time.strftime('%Y-%m-%d')} by `python -m training recommender --write-docs`.\n\n"
-             f"{markdown_table(rec.rows)}\n{end}")
+    verdict = "beats" if rec.beats_baselines else "does NOT beat"
+    block = (f"{start}\nGenerated {time.strftime('%Y-%m-%d')} by `python -m training recommender --write-docs` "
+             f"(split {cfg.split_date}, test until {cfg.end_date} exclusive, seed {cfg.seed}); data fingerprint "
+             f"`{rec.fingerprint[:16]}`. (a) = all items, (b) = new items only. The champion candidate `rerank` "
+             f"{verdict} the best baseline on both protocols.\n\n{markdown_table(rec.rows)}\n{end}")
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:

@@ -36,6 +36,8 @@ def _coerce(text: str) -> Any:
 
 
 def load_config(path: Path | None, overrides: list[str], **top: Any) -> TrainConfig:
+    """Defaults, then the TOML file (top-level settings and [recommender]/[segments]/[propensity] tables), then the
+    command line's top-level values (None = not given), then `--set family.key=value` overrides."""
     cfg = TrainConfig()
     if path is not None:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -44,6 +46,10 @@ def load_config(path: Path | None, overrides: list[str], **top: Any) -> TrainCon
         for key, value in data.items():
             if not hasattr(cfg, key):
                 raise ValueError(f"{path}: unknown setting {key!r}")
+            default = getattr(cfg, key)
+            expected = str if default is None or isinstance(default, Path) else type(default)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ValueError(f"{path}: {key} must be {expected.__name__}, got {value!r}")
             setattr(cfg, key, Path(value) if key == "data_dir" else value)
     for key, value in top.items():
         if value is not None:
@@ -52,6 +58,14 @@ def load_config(path: Path | None, overrides: list[str], **top: Any) -> TrainCon
         key, sep, value = item.partition("=")
         family, dot, name = key.partition(".")
         if not sep or not dot or family not in ("recommender", "segments", "propensity"):
-            raise ValueError(f"--set {item!r}: expected family.key=value with family recommender, segments or propensity")
-        getattr(cfg, family)[name] = _coerce(value)
+            raise ValueError(
+                f"--set {item!r}: expected family.key=value with family recommender, segments or propensity"
+            )
+        target = getattr(cfg, family)
+        *parents, leaf = name.split(".")  # recommender.event_weights.purchase=10 sets a nested table entry
+        for parent in parents:
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {item!r}: {family}.{parent} is not a table")
+        target[leaf] = _coerce(value)
     return cfg

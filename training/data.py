@@ -7,6 +7,7 @@ drops them).
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from features.categories import categorize
 from features.keys import AFFINITY_WEIGHTS
 from features.offline_log import EVENT_SCHEMA, erased_ids, read_catalog, read_events, read_links
 from training.models.base import TrainSet
@@ -27,11 +29,15 @@ DEFAULT_END = "2011-12-10"  # exclusive: the data ends 2011-12-09
 
 
 def to_ts(day: str | float | datetime) -> float:
+    """Epoch seconds (UTC) of a YYYY-MM-DD day, a datetime (naive = UTC) or a number."""
     if isinstance(day, (int, float)):
         return float(day)
     if isinstance(day, datetime):
         return (day if day.tzinfo else day.replace(tzinfo=timezone.utc)).timestamp()
-    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    try:
+        return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        raise ValueError(f"date {day!r}: expected YYYY-MM-DD") from None
 
 
 @dataclass
@@ -50,34 +56,97 @@ def fingerprint(table: pa.Table | pd.DataFrame) -> str:
     for eid in sorted(df["event_id"].astype(str)):
         h.update(eid.encode())
         h.update(b"\n")
-    return h.hexdigest()[:16]
+    return h.hexdigest()
 
 
-def load_dataset(source: str | Path | None = None, data_dir: str | Path = "var/data") -> Dataset:
-    """The offline log under `data_dir` (default), or a Parquet/CSV file with the log's columns."""
-    data_dir = Path(data_dir)
+REQUIRED = ("event_id", "type", "ts", "item_id")
+TITLE_COLUMNS = ("title", "description", "Description")  # a "file" source may carry item titles beside the log
+
+
+class DataError(ValueError):
+    """The training data is unusable; the message names the file and the field."""
+
+
+def _read_file(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise DataError(f"--source {path}: no such file")
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    if path.suffix in (".csv", ".gz"):
+        df = pd.read_csv(path, dtype={c: "string" for c in EVENT_SCHEMA.names if c not in ("ts", "quantity", "value")})
+        return pa.Table.from_pandas(df, preserve_index=False)
+    raise DataError(f"--source {path}: expected a .parquet or .csv file")
+
+
+def _file_catalog(table: pa.Table) -> pd.DataFrame:
+    """Titles from the file itself when it has a title/description column (development data); categories from them."""
+    col = next((c for c in TITLE_COLUMNS if c in table.column_names), None)
+    if col is None:
+        return pd.DataFrame(columns=["item_id", "title", "categories", "price"])
+    df = table.select(["item_id", col]).to_pandas().dropna().drop_duplicates("item_id", keep="last")
+    return pd.DataFrame({"item_id": df["item_id"], "title": df[col].astype(str), "categories": None, "price": 0.0})
+
+
+def load_interactions(
+    source: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+) -> Dataset:
+    """The offline log under `data_dir` (default RECSVC_DATA_DIR or var/data), or a Parquet/CSV file of log rows.
+
+    Anonymous history is attributed to the customer it was later linked to; erased customers are dropped (from
+    `erased.txt` under data_dir, for a file source too). The fingerprint covers the rows actually used.
+    """
+    data_dir = Path(data_dir if data_dir is not None else os.environ.get("RECSVC_DATA_DIR", "var/data"))
     if source is None or str(source) in ("", "log"):
-        table = read_events(data_dir)
+        table = read_events(data_dir, start, end)
         catalog = read_catalog(data_dir).to_pandas()
         links = read_links(data_dir).to_pandas()
         name = f"log:{data_dir}"
     else:
         path = Path(source)
-        table = pq.read_table(path) if path.suffix == ".parquet" else pa.Table.from_pandas(pd.read_csv(path))
-        table = table.select([c for c in EVENT_SCHEMA.names if c in table.column_names])
-        catalog = pd.DataFrame(columns=["item_id", "title", "categories", "price"])
-        links = pd.DataFrame(columns=["alias", "person_id", "ts"])
-        name = f"file:{path}"
+        raw = _read_file(path)
+        missing = [c for c in REQUIRED if c not in raw.column_names]
+        if missing:
+            raise DataError(
+                f"--source {path}: missing column(s) {', '.join(missing)} (expected the offline log's columns)"
+            )
+        if "customer_id" not in raw.column_names and "person_id" not in raw.column_names:
+            raise DataError(f"--source {path}: needs a customer_id or person_id column")
+        catalog = _file_catalog(raw)
+        cols = {}
+        for field in EVENT_SCHEMA:
+            if field.name in raw.column_names:
+                try:
+                    cols[field.name] = raw[field.name].cast(field.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise DataError(f"--source {path}: column {field.name!r} is not {field.type} ({exc})") from exc
+            else:
+                cols[field.name] = pa.nulls(raw.num_rows, field.type)
+        table = pa.table(cols, schema=EVENT_SCHEMA)
+        if table.num_rows and table["ts"].null_count:
+            raise DataError(f"--source {path}: column 'ts' has {table['ts'].null_count} empty value(s)")
+        df0 = table.to_pandas().drop_duplicates("event_id", keep="first")
+        if start is not None:
+            df0 = df0[df0["ts"] >= start]
+        if end is not None:
+            df0 = df0[df0["ts"] < end]
         erased = erased_ids(data_dir)
         if erased:
-            df0 = table.to_pandas()
-            table = pa.Table.from_pandas(df0[~df0["customer_id"].isin(erased)], preserve_index=False)
+            df0 = df0[~(df0["customer_id"].isin(erased) | df0["person_id"].isin(erased))]
+        table = pa.Table.from_pandas(df0.sort_values(["ts", "event_id"]), schema=EVENT_SCHEMA, preserve_index=False)
+        links = pd.DataFrame(columns=["alias", "person_id", "ts"])
+        name = f"file:{path}"
     df = table.to_pandas()
     fp = fingerprint(df)
-    person = df["customer_id"].where(df["customer_id"].notna(), df.get("person_id"))
+    person = df["customer_id"].where(df["customer_id"].notna(), df["person_id"])
     if len(links):
         last_link = links.sort_values("ts").drop_duplicates("alias", keep="last").set_index("alias")["person_id"]
         person = person.map(lambda p: last_link.get(p, p))
+    keep = person.notna().to_numpy()
+    df, person = df[keep], person[keep]
     events = pd.DataFrame(
         {
             "user": person.astype(str),
@@ -89,8 +158,20 @@ def load_dataset(source: str | Path | None = None, data_dir: str | Path = "var/d
             "country": df["country"],
             "event_id": df["event_id"],
         }
-    )
+    ).reset_index(drop=True)
+    if len(catalog) and "categories" in catalog:
+        # catalog rows without categories get the keyword taxonomy's guess from the title
+        catalog = catalog.copy()
+        catalog["categories"] = [
+            list(c) if c is not None and len(c) else categorize(str(t or ""))
+            for c, t in zip(catalog["categories"], catalog["title"])
+        ]
     return Dataset(events=events, catalog=catalog, fingerprint=fp, source=name)
+
+
+def load_dataset(source: str | Path | None = None, data_dir: str | Path | None = None) -> Dataset:
+    """The whole log (or file): `load_interactions` without a time range."""
+    return load_interactions(source, data_dir)
 
 
 def is_customer(user: str) -> bool:
@@ -105,8 +186,17 @@ def build_trainset(
     half_life_days: float = 120.0,
     weights: dict[str, float] | None = None,
 ) -> TrainSet:
-    """Interactions strictly before split_ts, as matrices indexed by explicit id maps."""
-    weights = weights or AFFINITY_WEIGHTS
+    """Interactions strictly before split_ts, as matrices indexed by explicit id maps.
+
+    Each event weighs `weights[type]` (default features.keys.AFFINITY_WEIGHTS: purchase >> add_to_cart > view;
+    returns negative) times 2^(-age / half_life_days) at the split; a (customer, item) total below zero is zero.
+    """
+    if half_life_days <= 0:
+        raise ValueError(f"half_life_days: must be positive, got {half_life_days}")
+    weights = {**AFFINITY_WEIGHTS, **(weights or {})}
+    for name, w in weights.items():
+        if not isinstance(w, (int, float)) or isinstance(w, bool):
+            raise ValueError(f"event_weights.{name}: expected a number, got {w!r}")
     ev = ds.events[(ds.events["ts"] < split_ts) & ds.events["item_id"].notna()]
     item_ids = sorted(set(ev["item_id"]) | set(ds.catalog["item_id"] if len(ds.catalog) else []))
     user_ids = sorted(set(ev["user"]))
@@ -133,7 +223,10 @@ def build_trainset(
     country = ev.sort_values("ts").dropna(subset=["country"]).groupby("user")["country"].last()
     cat = ds.catalog.set_index("item_id") if len(ds.catalog) else pd.DataFrame(columns=["title", "categories", "price"])
     titles = [str(cat["title"].get(i, "")) if i in cat.index else "" for i in item_ids]
-    cats = [list(cat["categories"].get(i)) if i in cat.index and cat["categories"].get(i) is not None else [] for i in item_ids]
+    cats = [
+        list(cat["categories"].get(i)) if i in cat.index and cat["categories"].get(i) is not None else []
+        for i in item_ids
+    ]
     price = np.array([float(cat["price"].get(i) or 0.0) if i in cat.index else 0.0 for i in item_ids], dtype=np.float32)
     return TrainSet(
         user_ids=user_ids,
@@ -152,6 +245,8 @@ def build_trainset(
 
 @dataclass
 class TestSet:
+    __test__ = False  # not a pytest class
+
     users: np.ndarray  # TrainSet user indices (customers with a purchase before the split)
     relevant: list[set[int]]  # item indices bought in the test window, per user
 

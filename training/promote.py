@@ -5,6 +5,7 @@ The version registered by this job is the one promoted, never "the latest"; --fo
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
@@ -25,61 +26,112 @@ MIN_IMPROVEMENT = 1e-4  # ties keep the champion: a retrain on the same data mus
 class PromotionResult(msgspec.Struct):
     family: str
     version: str
-    alias: str
+    alias: str  # "champion" or "challenger"
     metric: str
     value: float
-    champion_version: str | None
+    champion_version: str | None  # the champion before this promotion, if any
     champion_value: float | None
     forced: bool
     reason: str
 
 
 def champion(client: MlflowClient, family: str) -> ModelVersion | None:
+    """The version holding the `champion` alias, or None when the model or the alias does not exist."""
     try:
         return client.get_model_version_by_alias(family, "champion")
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _decide(
+    metric: str, value: float, current: ModelVersion | None, current_value: float | None, force: bool
+) -> tuple[str, str]:
+    cur = f"champion v{current.version}" if current is not None else "no champion"
+    cur_v = f" ({current_value:.4f})" if _finite(current_value) else ""
+    if force:
+        return "champion", f"forced (--force): {metric} {value:.4f} vs {cur}{cur_v}"
+    if not _finite(value):
+        return "challenger", f"{metric} is {value}: a version without a finite {metric} is never champion"
+    if current is None:
+        return "champion", f"first version: {metric} {value:.4f}"
+    if not _finite(current_value):
+        return "champion", f"{metric} {value:.4f}; {cur} has no finite {metric}"
+    assert current_value is not None
+    if value > current_value + MIN_IMPROVEMENT:
+        return "champion", f"{metric} {value:.4f} beats {cur}{cur_v}"
+    return "challenger", f"{metric} {value:.4f} does not beat {cur}{cur_v}"
 
 
 def register_and_promote(
-    family: str, run_id: str, artifact_path: str, metrics: dict[str, float], *, force: bool = False, client: MlflowClient | None = None
+    family: str,
+    run_id: str,
+    artifact_path: str,
+    metrics: dict[str, float],
+    *,
+    force: bool = False,
+    client: MlflowClient | None = None,
 ) -> PromotionResult:
-    client = client or MlflowClient()
+    """Register `{run artifact uri}/{artifact_path}` as a new version of `family` and alias THAT version.
+
+    `champion` when its primary metric beats the current champion's (read from the champion's run) by more than
+    MIN_IMPROVEMENT, or with force=True (recorded in the reason, a version tag and a run tag); `challenger` otherwise.
+    """
+    if family not in PRIMARY_METRIC:
+        raise ValueError(f"family: unknown model family {family!r}; expected one of {', '.join(PRIMARY_METRIC)}")
     metric = PRIMARY_METRIC[family]
-    value = float(metrics[metric])
+    if metric not in metrics:
+        got = ", ".join(metrics) or "none"
+        raise ValueError(f"metrics: {family} is judged on {metric!r}, which is missing (got {got})")
     try:
-        client.create_registered_model(family)
-    except MlflowException:
-        pass  # exists
-    run = client.get_run(run_id)
-    version = client.create_model_version(family, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id)
-    current = champion(client, family)
+        value = float(metrics[metric])
+    except (TypeError, ValueError):
+        raise ValueError(f"metrics.{metric}: expected a number, got {metrics[metric]!r}") from None
+    if not artifact_path or artifact_path.startswith("/"):
+        raise ValueError(f"artifact_path: expected a path relative to the run's artifacts, got {artifact_path!r}")
+    client = client or MlflowClient()
+    run = client.get_run(run_id)  # raises for an unknown run before anything is registered
+    try:
+        client.create_registered_model(family, description=f"recsvc {family.removeprefix('recsvc-')}; gate on {metric}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    current = champion(client, family)  # read before registering: the new version is compared with the old champion
     current_value = None
     if current is not None and current.run_id:
         current_value = client.get_run(current.run_id).data.metrics.get(metric)
-    if force:
-        alias, reason = "champion", f"forced (--force): {metric} {value:.4f} vs champion {current_value}"
-    elif current is None or current_value is None:
-        alias, reason = "champion", "first version with this metric"
-    elif value > current_value + MIN_IMPROVEMENT:
-        alias, reason = "champion", f"{metric} {value:.4f} beats champion v{current.version} ({current_value:.4f})"
-    else:
-        alias, reason = "challenger", f"{metric} {value:.4f} does not beat champion v{current.version} ({current_value:.4f})"
+    version = client.create_model_version(family, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id)
+    alias, reason = _decide(metric, value, current, current_value, force)
     client.set_registered_model_alias(family, alias, version.version)
     client.set_model_version_tag(family, version.version, "promotion", reason)
+    client.set_model_version_tag(family, version.version, "artifact_path", artifact_path)
     client.set_tag(run_id, "promotion", f"{alias}: {reason}")
+    client.set_tag(run_id, "model_version", f"{family}/{version.version}")
+    if force:
+        client.set_tag(run_id, "promotion_forced", "true")
+        client.set_model_version_tag(family, version.version, "promotion_forced", "true")
     return PromotionResult(
         family=family, version=str(version.version), alias=alias, metric=metric, value=value,
-        champion_version=str(current.version) if current else None, champion_value=current_value,
+        champion_version=str(current.version) if current is not None else None,
+        champion_value=float(current_value) if current_value is not None else None,
         forced=force, reason=reason,
     )
 
 
-def load_champion(family: str, client: MlflowClient | None = None, dst: Path | None = None) -> tuple[Path, ModelVersion] | None:
-    """Download the champion's artifact directory (the service uses this, through mlflow-skinny)."""
+def load_champion(
+    family: str, client: MlflowClient | None = None, dst: Path | None = None
+) -> tuple[Path, ModelVersion] | None:
+    """Download the champion's artifact directory into `dst` (default a new temporary directory); None if none."""
     client = client or MlflowClient()
     mv = champion(client, family)
     if mv is None:
         return None
-    path = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst or tempfile.mkdtemp()))
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=mv.source, dst_path=str(dst or tempfile.mkdtemp(prefix=f"{family}-")), tracking_uri=client.tracking_uri
+    )
     return Path(path), mv

@@ -1,32 +1,37 @@
-"""The recommender family job: fit every baseline and model, evaluate both protocols side by side, tune and fit the
-blend, log everything to one MLflow run, save the numpy bundle, register and gate the promotion."""
+"""The recommender family job: fit every baseline and model, evaluate both protocols side by side, fit the two-stage
+re-ranker on validation windows before the split, log everything to one MLflow run, save the numpy bundle, register
+and gate the promotion."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from tqdm import tqdm
 
 from features.bundle import save_bundle
+from features.keys import SCHEMA_VERSION
 from training.config import TrainConfig
-from training.data import Dataset, TestSet, build_testset, build_trainset, load_dataset, to_ts
+from training.data import Dataset, build_testset, build_trainset, load_interactions, to_ts
 from training.evaluation import Scores, evaluate
 from training.models.base import Model, TrainSet
 from training.models.baselines import Popularity, PopularityByCountry, RepeatPurchase
-from training.models.blend import Blend, BlendParams, tune_weights
-from training.models.implicit_models import ALS, BPR, ItemKNN
-from training.models.lightfm_hybrid import LightFMHybrid
+from training.models.blend import Reranker, RerankParams, Window
 from training.promote import PromotionResult, register_and_promote
 from training.tracking import configure, log_bundle, log_figure, training_run
 
+log = logging.getLogger("recsvc.training")
+
 FAMILY = "recsvc-recommender"
+CHAMPION = "rerank"
 BASELINES = ("popularity", "popularity_country", "repeat")
 DAY = 86400.0
 
@@ -43,54 +48,136 @@ class ModelRow:
 @dataclass
 class RecommenderResult:
     rows: list[ModelRow]
-    weights: dict[str, float]
+    params: dict[str, Any]
     promotion: PromotionResult | None
     fingerprint: str
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    beats_baselines: bool = False
+
+
+def _get(p: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = p.get(key, default)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"recommender.{key}: expected {kind.__name__}, got {value!r}") from None
+
+
+def _optional(module: str, attr: str) -> Callable[..., Model] | None:
+    """Models written by other helpers: a missing module leaves the model out with a log line, not a failure."""
+    try:
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as exc:
+        log.warning("recommender: %s.%s unavailable (%s); left out of this run", module, attr, exc)
+        return None
 
 
 def candidates(cfg: TrainConfig) -> list[Model]:
-    p = cfg.recommender
-    quick = cfg.quick
-    return [
+    """Every baseline and collaborative model, configured from `cfg.recommender` (quick: fewer iterations)."""
+    p, quick, seed = cfg.recommender, cfg.quick, cfg.seed
+    models: list[Model] = [
         Popularity(),
         PopularityByCountry(),
-        RepeatPurchase(half_life_days=float(p.get("repeat_half_life_days", 60))),
-        ItemKNN("cosine", k=int(p.get("knn_k", 50))),
-        ItemKNN("bm25", k=int(p.get("knn_k", 50))),
-        ALS(factors=int(p.get("als_factors", 64)), iterations=3 if quick else int(p.get("als_iterations", 15)),
-            regularization=float(p.get("als_regularization", 0.05)), alpha=float(p.get("als_alpha", 2.0)), seed=cfg.seed),
-        BPR(factors=int(p.get("bpr_factors", 64)), iterations=5 if quick else int(p.get("bpr_iterations", 60)), seed=cfg.seed),
-        LightFMHybrid(no_components=int(p.get("lightfm_components", 48)), epochs=2 if quick else int(p.get("lightfm_epochs", 10)),
-                      loss=str(p.get("lightfm_loss", "warp")), seed=cfg.seed),
+        RepeatPurchase(half_life_days=_get(p, "repeat_half_life_days", float, 60.0)),
     ]
+    knn = _optional("training.models.implicit_models", "ItemKNN")
+    if knn is not None:
+        models += [knn("cosine", k=_get(p, "knn_k", int, 100)), knn("bm25", k=_get(p, "knn_k", int, 100))]
+    als = _optional("training.models.implicit_models", "ALS")
+    if als is not None:
+        models.append(als(factors=_get(p, "als_factors", int, 64),
+                          regularization=_get(p, "als_regularization", float, 0.05),
+                          iterations=3 if quick else _get(p, "als_iterations", int, 15),
+                          alpha=_get(p, "als_alpha", float, 2.0), seed=seed))
+    bpr = _optional("training.models.implicit_models", "BPR")
+    if bpr is not None:
+        models.append(bpr(factors=_get(p, "bpr_factors", int, 64),
+                          learning_rate=_get(p, "bpr_learning_rate", float, 0.05),
+                          regularization=_get(p, "bpr_regularization", float, 0.01),
+                          iterations=5 if quick else _get(p, "bpr_iterations", int, 60), seed=seed))
+    lightfm = _optional("training.models.lightfm_hybrid", "LightFMHybrid")
+    if lightfm is not None and not p.get("skip_lightfm", False):
+        models.append(lightfm(no_components=_get(p, "lightfm_components", int, 48),
+                              epochs=2 if quick else _get(p, "lightfm_epochs", int, 10),
+                              loss=str(p.get("lightfm_loss", "warp")),
+                              learning_rate=_get(p, "lightfm_learning_rate", float, 0.05),
+                              item_alpha=1e-6, user_alpha=1e-6, seed=seed, num_threads=1))
+    return models
 
 
-def blend_params(cfg: TrainConfig) -> BlendParams:
+def rerank_params(cfg: TrainConfig) -> RerankParams:
     p = cfg.recommender
-    return BlendParams(
-        repeat_half_life_days=float(p.get("repeat_half_life_days", 60)), knn_k=int(p.get("knn_k", 50)),
-        als_factors=int(p.get("als_factors", 64)), als_iterations=3 if cfg.quick else int(p.get("als_iterations", 15)),
-        als_regularization=float(p.get("als_regularization", 0.05)), als_alpha=float(p.get("als_alpha", 2.0)), seed=cfg.seed,
-    )
+    defaults = RerankParams()
+    kw: dict[str, Any] = {}
+    for name, value in asdict(defaults).items():
+        # ALS and item-kNN settings are shared with the stand-alone models; the rest are rerank_*
+        key = name if name.startswith(("als_", "knn_")) else f"rerank_{name}"
+        kw[name] = _get(p, key, type(value), value)
+    kw["seed"] = cfg.seed
+    if cfg.quick:
+        kw.update(als_iterations=3, trees=20)
+    return RerankParams(**kw)
 
 
-def _subsample(test: TestSet, n: int, seed: int) -> TestSet:
-    if len(test.users) <= n:
-        return test
-    sel = np.sort(np.random.default_rng(seed).choice(len(test.users), n, replace=False))
-    return TestSet(users=test.users[sel], relevant=[test.relevant[i] for i in sel])
+def validation_windows(ds: Dataset, split: float, days: int, count: int, weights: dict[str, float] | None,
+                       half_life: float) -> list[Window]:
+    """`count` consecutive windows of `days` ending at the split, newest first; all strictly before the test period.
+
+    On a short history the windows shrink so that the oldest still has as much history before it as the windows
+    cover together (a window with no earlier purchases has nothing to re-rank).
+    """
+    first = float(ds.events["ts"].min()) if len(ds.events) else split
+    span_days = (split - first) / DAY
+    if span_days / (count + 1) < days:
+        shrunk = int(span_days // (count + 1))
+        if shrunk < 1:
+            raise ValueError(f"validation_days: only {span_days:.1f} days of history before the split, too few")
+        log.warning("recommender: validation windows shrunk from %d to %d days (%.0f days of history)",
+                    days, shrunk, span_days)
+        days = shrunk
+    out = []
+    for j in range(count):
+        end = split - j * days * DAY
+        start = end - days * DAY
+        vtrain = build_trainset(ds, start, weights=weights, half_life_days=half_life)
+        vtest = build_testset(ds, vtrain, start, end)
+        out.append(Window(vtrain, vtest.users, vtest.relevant))
+    return out
+
+
+def metric_row(r: ModelRow) -> dict[str, float]:
+    return {
+        f"{r.name}.ndcg_at_10_all": r.all.ndcg, f"{r.name}.ndcg_at_10_new": r.new.ndcg,
+        f"{r.name}.recall_at_10_all": r.all.recall, f"{r.name}.recall_at_10_new": r.new.recall,
+        f"{r.name}.map_at_10_all": r.all.map, f"{r.name}.map_at_10_new": r.new.map,
+        f"{r.name}.coverage": r.all.coverage, f"{r.name}.fit_seconds": r.fit_s,
+    }
 
 
 def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> RecommenderResult:
-    configure(cfg.tracking_uri)
-    ds = ds or load_dataset(cfg.source, cfg.data_dir)
+    """Fit, evaluate (protocols a and b), log one MLflow run, save the bundle, register and gate the promotion."""
+    client = configure(cfg.tracking_uri)
     split, end = to_ts(cfg.split_date), to_ts(cfg.end_date)
-    train = build_trainset(ds, split)
+    if end <= split:
+        raise ValueError(f"end_date {cfg.end_date} must be after split_date {cfg.split_date}")
+    if cfg.validation_days < 1:
+        raise ValueError(f"validation_days: must be at least 1, got {cfg.validation_days}")
+    p = cfg.recommender
+    weights = p.get("event_weights")
+    if weights is not None and not isinstance(weights, dict):
+        raise ValueError(f"recommender.event_weights: expected a table of type = weight, got {weights!r}")
+    half_life = _get(p, "half_life_days", float, 120.0)
+    n_windows = 1 if cfg.quick else _get(p, "validation_windows", int, 5)
+    if n_windows < 1:
+        raise ValueError(f"recommender.validation_windows: must be at least 1, got {n_windows}")
+    ds = ds if ds is not None else load_interactions(cfg.source, cfg.data_dir)
+    train = build_trainset(ds, split, weights=weights, half_life_days=half_life)
     test = build_testset(ds, train, split, end)
     if len(test.users) == 0:
-        raise ValueError(f"no test customers: no purchases between {cfg.split_date} and {cfg.end_date} by earlier buyers")
+        raise ValueError(
+            f"no test customers: no purchases between {cfg.split_date} and {cfg.end_date} by earlier buyers"
+        )
     rows: list[ModelRow] = []
     models = candidates(cfg)
     for model in tqdm(models, desc="recommender: fit + evaluate", disable=not cfg.progress):
@@ -98,32 +185,23 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
         model.fit(train)
         fit_s = time.perf_counter() - t
         kind = "baseline" if model.name in BASELINES else "model"
-        rows.append(ModelRow(model.name, kind, fit_s, evaluate(model.score, train, test, "all"), evaluate(model.score, train, test, "new")))
+        rows.append(ModelRow(model.name, kind, fit_s, evaluate(model, train, test, protocol="all"),
+                             evaluate(model, train, test, protocol="new")))
+        log.info("recommender: %s ndcg@10 all %.4f new %.4f (%.1f s)",
+                 model.name, rows[-1].all.ndcg, rows[-1].new.ndcg, fit_s)
 
-    # the blend: weights tuned on a validation window at the end of the training period
-    vsplit = split - cfg.validation_days * DAY
-    vtrain = build_trainset(ds, vsplit)
-    vtest = _subsample(build_testset(ds, vtrain, vsplit, split), 300 if cfg.quick else 800, cfg.seed)
-    blend = Blend(blend_params(cfg))
-    with tqdm(total=3, desc="recommender: blend", disable=not cfg.progress) as bar:
-        weights = dict(cfg.recommender.get("blend_weights", {}))
-        if weights:
-            vvalue = float("nan")
-        elif len(vtest.users):
-            blend.fit(vtrain)
-            weights, vvalue = tune_weights(
-                blend, vtrain, vtest,
-                lambda f: evaluate(f, vtrain, vtest, "all", curve=False).ndcg + evaluate(f, vtrain, vtest, "new", curve=False).ndcg,
-            )
-        else:
-            weights, vvalue = dict(blend.weights), float("nan")
-        bar.update()
-        final = Blend(blend_params(cfg), weights)
+    rp = rerank_params(cfg)
+    champion = Reranker(rp)
+    with tqdm(total=3, desc="recommender: re-ranker", disable=not cfg.progress) as bar:
         t = time.perf_counter()
-        final.fit(train)
+        windows = validation_windows(ds, split, cfg.validation_days, n_windows, weights, half_life)
+        champion.fit_ranker(windows)
+        bar.update()
+        champion.fit(train)
         fit_s = time.perf_counter() - t
         bar.update()
-        rows.append(ModelRow("blend", "champion-candidate", fit_s, evaluate(final.score, train, test, "all"), evaluate(final.score, train, test, "new")))
+        rows.append(ModelRow(CHAMPION, "champion-candidate", fit_s, evaluate(champion, train, test, protocol="all"),
+                             evaluate(champion, train, test, protocol="new")))
         bar.update()
 
     cand = rows[-1]
@@ -132,51 +210,63 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
         "recall_at_10_all": cand.all.recall, "recall_at_10_new": cand.new.recall,
         "map_at_10_all": cand.all.map, "coverage": cand.all.coverage,
     }
-    params = {"split_date": cfg.split_date, "end_date": cfg.end_date, "seed": cfg.seed, "quick": cfg.quick,
-              "validation_days": cfg.validation_days, "validation_objective": vvalue,
-              **{f"blend.{k}": v for k, v in asdict(blend_params(cfg)).items()},
-              **{f"weight.{k}": v for k, v in weights.items()}}
-    with training_run(FAMILY, params, ds.fingerprint, {"source": ds.source}) as run:
+    base = [r for r in rows if r.kind == "baseline"]
+    best_all = max(r.all.ndcg for r in base)
+    best_new = max(r.new.ndcg for r in base)
+    beats = cand.all.ndcg > best_all and cand.new.ndcg > best_new
+    if not beats:
+        log.warning("recommender: %s does not beat the best baseline on both protocols (%.4f vs %.4f, %.4f vs %.4f)",
+                    CHAMPION, cand.all.ndcg, best_all, cand.new.ndcg, best_new)
+    params: dict[str, Any] = {
+        "model": CHAMPION, "split_date": cfg.split_date, "end_date": cfg.end_date, "seed": cfg.seed, "quick": cfg.quick,
+        "validation_days": cfg.validation_days, "validation_windows": n_windows, "half_life_days": half_life,
+        "event_weights": json.dumps(weights or {}), "train_users": train.n_users, "train_items": train.n_items,
+        "train_interactions": train.weights.nnz, "test_users": len(test.users),
+        **{f"rerank.{k}": v for k, v in asdict(rp).items()},
+        **{f"{m.name}.params": json.dumps(getattr(m, "params", {}), default=str)[:500] for m in models},
+    }
+    with training_run(FAMILY, params, ds.fingerprint, {"source": ds.source, "model": CHAMPION}) as run:
         mlflow.log_metrics(metrics)
+        mlflow.log_metrics({"beats_best_baseline": float(beats), "best_baseline_ndcg_at_10_all": best_all,
+                            "best_baseline_ndcg_at_10_new": best_new,
+                            **{f"validation.{k}": v for k, v in champion.validation.items()}})
         for r in rows:
-            mlflow.log_metrics({
-                f"{r.name}.ndcg_at_10_all": r.all.ndcg, f"{r.name}.ndcg_at_10_new": r.new.ndcg,
-                f"{r.name}.recall_at_10_all": r.all.recall, f"{r.name}.recall_at_10_new": r.new.recall,
-                f"{r.name}.map_at_10_all": r.all.map, f"{r.name}.map_at_10_new": r.new.map,
-                f"{r.name}.coverage": r.all.coverage, f"{r.name}.fit_seconds": r.fit_s,
-            })
-        mlflow.log_dict(report_dict(rows, weights, ds.fingerprint), "evaluation.json")
-        log_figure(curves_figure(rows), "ndcg_at_k.png")
+            mlflow.log_metrics(metric_row(r))
+        mlflow.log_dict(report_dict(rows, ds.fingerprint), "evaluation.json")
+        fig = curves_figure(rows)
+        log_figure(fig, "ndcg_at_k.png")
+        fig.clf()
         with tempfile.TemporaryDirectory() as d:
-            save_recommender_bundle(Path(d), final, train, metrics, weights)
+            save_recommender_bundle(Path(d), champion, train, metrics)
             log_bundle(Path(d))
-        promotion = register_and_promote(FAMILY, run.info.run_id, "bundle", metrics, force=cfg.force)
-    return RecommenderResult(rows, weights, promotion, ds.fingerprint, metrics, run.info.run_id)
+        promotion = register_and_promote(FAMILY, run.info.run_id, "bundle", metrics, force=cfg.force, client=client)
+    return RecommenderResult(rows, params, promotion, ds.fingerprint, metrics, run.info.run_id, beats)
 
 
-def save_recommender_bundle(directory: Path, blend: Blend, train: TrainSet, metrics: dict[str, float], weights: dict[str, float]) -> Path:
-    m = blend.model
-    return save_bundle(
-        directory,
-        {
-            "sim_indptr": m.similarity.indptr, "sim_indices": m.similarity.indices, "sim_data": m.similarity.data,
-            "popularity": m.popularity, "country_popularity": m.country_popularity, "item_factors": m.item_factors,
-        },
-        {
-            "family": FAMILY, "model": "blend", "item_ids": train.item_ids, "countries": blend.country.countries,
-            "weights": weights, "repeat_half_life_days": m.repeat_half_life_days, "als_alpha": m.als_alpha,
-            "als_regularization": m.als_regularization, "metrics": metrics, "trained_until": train.split_ts,
-            "created_at": time.time(),
-        },
-    )
+def save_recommender_bundle(directory: Path, model: Reranker, train: TrainSet, metrics: dict[str, float]) -> Path:
+    """The artifact the service loads: numpy arrays + JSON id maps, scored by features.scoring.RerankModel."""
+    comp = model.components
+    arrays = {
+        **model.model.arrays(),
+        "user_factors": comp.user_factors,
+        "popularity": comp.popularity,
+    }
+    meta = {
+        "family": FAMILY, "model": CHAMPION, "schema_version": SCHEMA_VERSION, "item_ids": train.item_ids,
+        "user_ids": train.user_ids, "countries": comp.countries, "scorer": model.model.params(),
+        "params": asdict(model.params), "metrics": metrics, "trained_until": train.split_ts, "created_at": time.time(),
+    }
+    return save_bundle(directory, arrays, meta)
 
 
-def report_dict(rows: list[ModelRow], weights: dict[str, float], fp: str) -> dict[str, Any]:
+def _scores(s: Scores) -> dict[str, float]:
+    return {"recall": s.recall, "ndcg": s.ndcg, "map": s.map, "coverage": s.coverage, "users": s.users}
+
+
+def report_dict(rows: list[ModelRow], fp: str) -> dict[str, Any]:
     return {
-        "fingerprint": fp, "weights": weights,
-        "rows": [{"name": r.name, "kind": r.kind, "fit_seconds": r.fit_s,
-                  "all": {"recall": r.all.recall, "ndcg": r.all.ndcg, "map": r.all.map, "coverage": r.all.coverage, "users": r.all.users},
-                  "new": {"recall": r.new.recall, "ndcg": r.new.ndcg, "map": r.new.map, "coverage": r.new.coverage, "users": r.new.users}}
+        "fingerprint": fp,
+        "rows": [{"name": r.name, "kind": r.kind, "fit_seconds": r.fit_s, "all": _scores(r.all), "new": _scores(r.new)}
                  for r in rows],
     }
 
@@ -192,7 +282,8 @@ def curves_figure(rows: list[ModelRow]) -> Any:
         for r in rows:
             curve = getattr(r, proto).curve
             if curve:
-                ax.plot(list(curve), list(curve.values()), label=r.name, lw=2.5 if r.kind == "champion-candidate" else 1)
+                width = 2.5 if r.kind == "champion-candidate" else 1.0
+                ax.plot(list(curve), list(curve.values()), label=r.name, lw=width)
         ax.set_title(f"NDCG@k, protocol ({'a' if proto == 'all' else 'b'}) {proto} items")
         ax.set_xlabel("k")
         ax.grid(alpha=0.3)
@@ -201,13 +292,12 @@ def curves_figure(rows: list[ModelRow]) -> Any:
 
 
 def markdown_table(rows: list[ModelRow]) -> str:
-    lines = ["| model | kind | Recall@10 (a) | NDCG@10 (a) | MAP@10 (a) | Recall@10 (b) | NDCG@10 (b) | MAP@10 (b) | coverage | fit s |",
+    lines = ["| model | kind | Recall@10 (a) | NDCG@10 (a) | MAP@10 (a) | Recall@10 (b) | NDCG@10 (b) | MAP@10 (b) "
+             "| coverage | fit s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.name} | {r.kind} | {r.all.recall:.4f} | {r.all.ndcg:.4f} | {r.all.map:.4f} | {r.new.recall:.4f} | "
+        lines.append(f"| {r.name} | {r.kind} | {r.all.recall:.4f} | {r.all.ndcg:.4f} | {r.all.map:.4f} | "
+                     f"{r.new.recall:.4f} | "
                      f"{r.new.ndcg:.4f} | {r.new.map:.4f} | {r.all.coverage:.3f} | {r.fit_s:.1f} |")
     return "\n".join(lines)
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=float)

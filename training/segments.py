@@ -1,5 +1,5 @@
 """Customer segments from the offline log: RFM scores with named segments, behaviour clusters (k by silhouette),
-churn risk (no purchase in the next 90 days) and a 90-day value forecast, both judged on a time split.
+churn risk (no purchase in the next 90 days) and a 90-day value forecast, both learned and judged on a time split.
 Results are published to the online store as traits, so the service reads them with the live profile."""
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from sklearn.cluster import KMeans
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.metrics import mean_absolute_error, roc_auc_score, silhouette_score
+from sklearn.metrics import brier_score_loss, mean_absolute_error, roc_auc_score, silhouette_score
 from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from features.bundle import save_bundle
@@ -33,50 +35,81 @@ FAMILY = "recsvc-segments"
 DAY = 86400.0
 HORIZON = 90 * DAY
 SEGMENTS = ("champions", "loyal", "potential", "new", "at risk", "hibernating", "lost")
+CLUSTER_FEATURES = ["recency_days", "frequency", "monetary", "tenure_days", "avg_basket"]
+MODEL_FEATURES = CLUSTER_FEATURES + ["spend_90d", "frequency_90d", "returns"]
+MIN_CUSTOMERS = 10
+SILHOUETTE_SAMPLE = 2000  # silhouette is quadratic in rows: score k on a fixed sample
 
 
 @dataclass
 class SegmentsResult:
     metrics: dict[str, float]
-    traits: dict[str, dict[str, str]]
+    traits: dict[str, dict[str, str]]  # customer id -> segment, cluster, churn_risk, cltv_90d, rfm
     promotion: PromotionResult | None
     run_id: str
     sizes: dict[str, int]
 
 
+FamilyResult = SegmentsResult  # the name the issue uses for a family job's result
+
+
 def customer_features(events: pd.DataFrame, at: float, horizon: float = HORIZON) -> pd.DataFrame:
-    """Per customer with a purchase before `at`: recency, frequency (purchase days), monetary, tenure, basket."""
+    """One row per customer with a purchase before `at` (anonymous people excluded):
+
+    recency_days (since the last purchase), frequency (distinct purchase days), monetary (purchases minus returns),
+    tenure_days (since the first purchase), avg_basket (monetary per purchase day), spend_90d and frequency_90d
+    (purchases in the `horizon` before `at`), returns (return events).
+    """
     ev = events[(events["ts"] < at) & events["user"].map(is_customer)]
     buys = ev[ev["type"] == "purchase"]
     rets = ev[ev["type"] == "return"]
     if buys.empty:
-        return pd.DataFrame(columns=["recency_days", "frequency", "monetary", "tenure_days", "avg_basket", "spend_90d", "returns"])
-    day = (buys["ts"] // DAY).astype(int)
-    g = buys.assign(day=day).groupby("user")
+        return pd.DataFrame(columns=MODEL_FEATURES, dtype=float)
+    buys = buys.assign(day=(buys["ts"] // DAY).astype(np.int64))
+    g = buys.groupby("user")
+    spent = g["value"].sum()
+    returned = rets.groupby("user")["value"].sum().abs().reindex(spent.index, fill_value=0.0)
     f = pd.DataFrame({
         "recency_days": (at - g["ts"].max()) / DAY,
         "frequency": g["day"].nunique().astype(float),
-        "monetary": g["value"].sum() - rets.groupby("user")["value"].sum().reindex(g["value"].sum().index, fill_value=0.0),
+        "monetary": spent - returned,
         "tenure_days": (at - g["ts"].min()) / DAY,
     })
     f["avg_basket"] = f["monetary"] / f["frequency"].clip(lower=1)
-    recent = buys[buys["ts"] >= at - horizon].groupby("user")["value"].sum()
-    f["spend_90d"] = recent.reindex(f.index, fill_value=0.0)
+    recent = buys[buys["ts"] >= at - horizon].groupby("user")
+    f["spend_90d"] = recent["value"].sum().reindex(f.index, fill_value=0.0)
+    f["frequency_90d"] = recent["day"].nunique().reindex(f.index, fill_value=0).astype(float)
     f["returns"] = rets.groupby("user").size().reindex(f.index, fill_value=0).astype(float)
-    return f
+    return f[MODEL_FEATURES].astype(float)
 
 
 def rfm_scores(f: pd.DataFrame) -> pd.DataFrame:
-    """Quintile scores 1-5 (5 = best: most recent, most frequent, highest spend); ranks break ties."""
-    def q(s: pd.Series, ascending: bool) -> pd.Series:
-        r = s.rank(method="first", ascending=ascending)
-        return (np.ceil(r / len(s) * 5)).clip(1, 5).astype(int)
+    """Quintile scores 1-5 per customer (5 = most recent / most frequent / highest spend).
 
-    return pd.DataFrame({"r": q(-f["recency_days"], True), "f": q(f["frequency"], True), "m": q(f["monetary"], True)}, index=f.index)
+    A customer's score is ceil(5 * rank / n) with rank = 1 + the number of customers strictly below, so equal values
+    share the lower score: one-purchase customers all get F=1 however many they are.
+    """
+    def q(s: pd.Series) -> pd.Series:
+        r = s.rank(method="min", ascending=True)
+        return np.ceil(r / len(s) * 5).clip(1, 5).astype(int)
+
+    return pd.DataFrame({"r": q(-f["recency_days"]), "f": q(f["frequency"]), "m": q(f["monetary"])}, index=f.index)
 
 
 def name_segment(r: int, f: int, m: int) -> str:
-    """The rules, in order (documented in docs/evaluation.md)."""
+    """RFM scores -> segment; the first rule that matches wins:
+
+    champions    R>=4, F>=4, M>=4   bought recently, often, and spend the most
+    loyal        R>=3, F>=4         buy often, still active
+    new          R>=4, F=1          first purchases, recently
+    potential    R>=3               recent, not (yet) frequent
+    at risk      R<=2, F>=3         used to buy often, not lately
+    hibernating  R=2,  F<=2         few purchases, a while ago
+    lost         R=1,  F<=2         few purchases, long ago
+    """
+    for name, v in (("r", r), ("f", f), ("m", m)):
+        if not 1 <= v <= 5:
+            raise ValueError(f"rfm.{name}: expected a score 1-5, got {v!r}")
     if r >= 4 and f >= 4 and m >= 4:
         return "champions"
     if r >= 3 and f >= 4:
@@ -92,82 +125,136 @@ def name_segment(r: int, f: int, m: int) -> str:
     return "lost"
 
 
-def _label_split(events: pd.DataFrame, t0: float, horizon: float) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+def standardize(f: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log1p of the (clipped at 0) cluster features, then z-scores; returns z, mean and scale (for the bundle)."""
+    logged = np.log1p(f[CLUSTER_FEATURES].clip(lower=0).to_numpy(dtype=np.float64))
+    mean, scale = logged.mean(axis=0), np.maximum(logged.std(axis=0), 1e-9)
+    return (logged - mean) / scale, mean, scale
+
+
+def choose_clusters(z: np.ndarray, ks: range, seed: int) -> tuple[KMeans, dict[int, float]]:
+    """k-means for every k in `ks` on a sample, scored by silhouette; the best k refitted on all rows."""
+    ks = range(max(ks.start, 2), min(ks.stop, len(z)))
+    if len(ks) == 0:
+        raise ValueError(f"segments.k_max: needs at least 3 customers and k_max >= 2 (have {len(z)} customers)")
+    sample = np.random.default_rng(seed).choice(len(z), min(len(z), SILHOUETTE_SAMPLE), replace=False)
+    sil: dict[int, float] = {}
+    for k in ks:
+        labels = KMeans(k, n_init=4, random_state=seed).fit_predict(z[sample])
+        sil[k] = float(silhouette_score(z[sample], labels)) if len(set(labels)) > 1 else -1.0
+    best = max(sil, key=lambda k: sil[k])
+    return KMeans(best, n_init=4, random_state=seed).fit(z), sil
+
+
+def churn_labels(events: pd.DataFrame, t0: float, horizon: float) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Features at t0 of customers who bought before t0; churned = no purchase in [t0, t0 + horizon); spend there."""
     x = customer_features(events, t0, horizon)
     later = events[(events["ts"] >= t0) & (events["ts"] < t0 + horizon) & (events["type"] == "purchase")]
     spend = later.groupby("user")["value"].sum().reindex(x.index, fill_value=0.0)
-    churned = (~x.index.isin(later["user"])).astype(int)
-    return x, pd.Series(churned, index=x.index), spend
+    churned = pd.Series((~x.index.isin(later["user"])).astype(int), index=x.index)
+    return x, churned, spend
+
+
+def _settings(cfg: TrainConfig) -> tuple[float, range, int]:
+    s = cfg.segments
+    unknown = sorted(set(s) - {"horizon_days", "k_min", "k_max", "trees"})
+    if unknown:
+        raise ValueError(f"segments.{unknown[0]}: unknown setting (known: horizon_days, k_min, k_max, trees)")
+    try:
+        trees = int(s.get("trees", 100))
+        horizon_days = float(s.get("horizon_days", 90))
+        k_min, k_max = int(s.get("k_min", 2)), int(s.get("k_max", 4 if cfg.quick else 8))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"segments settings: {exc} (horizon_days, k_min, k_max, trees)") from None
+    if trees < 1:
+        raise ValueError(f"segments.trees: expected a positive number of boosting iterations, got {trees}")
+    if not horizon_days > 0:
+        raise ValueError(f"segments.horizon_days: expected a positive number of days, got {horizon_days}")
+    if k_min < 2 or k_max < k_min:
+        raise ValueError(f"segments.k_min/k_max: expected 2 <= k_min <= k_max, got {k_min}..{k_max}")
+    return horizon_days * DAY, range(k_min, k_max + 1), trees
 
 
 def train_segments(cfg: TrainConfig, ds: Dataset | None = None) -> SegmentsResult:
+    """Score every customer at the end of the log; learn churn and value at end - horizon; log, register, publish."""
+    horizon, ks, trees = _settings(cfg)
     configure(cfg.tracking_uri)
     ds = ds or load_dataset(cfg.source, cfg.data_dir)
     ev = ds.events
     if ev.empty:
-        raise ValueError("no events in the offline log")
-    now = float(ev["ts"].max()) + 1.0
-    horizon = float(cfg.segments.get("horizon_days", 90)) * DAY
+        raise ValueError(f"no events in {ds.source}")
+    now = float(ev["ts"].max()) + 1.0  # T: just after the last event
     t0 = now - horizon
-    bar = tqdm(total=4, desc="segments", disable=not cfg.progress)
     feats = customer_features(ev, now, horizon)
-    if len(feats) < 10:
-        raise ValueError(f"segments need purchases of at least 10 customers; the log has {len(feats)}")
+    if len(feats) < MIN_CUSTOMERS:
+        raise ValueError(f"segments need purchases of at least {MIN_CUSTOMERS} customers; {ds.source} has {len(feats)}")
+    x0, churned, spend = churn_labels(ev, t0, horizon)  # checked first: a log too short fails before any fitting
+    if len(x0) < MIN_CUSTOMERS or churned.value_counts().reindex([0, 1], fill_value=0).min() < 2:
+        raise ValueError(f"churn needs customers who bought before {horizon / DAY:g} days from the end of the log, "
+                         f"some buying again and some not (found {len(x0)}); set segments.horizon_days lower")
+    bar = tqdm(total=4, desc="segments", disable=not cfg.progress)
+    bar.set_postfix_str("rfm")
     rfm = rfm_scores(feats)
     segment = pd.Series([name_segment(*row) for row in rfm.itertuples(index=False)], index=rfm.index)
     bar.update()
 
-    cols = ["recency_days", "frequency", "monetary", "tenure_days", "avg_basket"]
-    z = np.log1p(feats[cols].clip(lower=0).to_numpy())
-    z = (z - z.mean(axis=0)) / np.maximum(z.std(axis=0), 1e-9)
-    sample = np.random.default_rng(cfg.seed).choice(len(z), min(len(z), 2000), replace=False)
-    sil: dict[int, float] = {}
-    for k in range(2, 5 if cfg.quick else 9):
-        labels = KMeans(k, n_init=4, random_state=cfg.seed).fit_predict(z[sample])
-        sil[k] = float(silhouette_score(z[sample], labels))
-    best_k = max(sil, key=lambda k: sil[k])
-    km = KMeans(best_k, n_init=4, random_state=cfg.seed).fit(z)
+    bar.set_postfix_str("clusters")
+    z, z_mean, z_scale = standardize(feats)
+    with threadpool_limits(1):
+        km, sil = choose_clusters(z, ks, cfg.seed)
+    profiles = feats[CLUSTER_FEATURES].groupby(km.labels_).median().round(2)
     bar.update()
 
-    x0, churned, spend = _label_split(ev, t0, horizon)
-    if len(x0) < 10 or churned.nunique() < 2:
-        raise ValueError(f"churn needs customers who bought before {horizon / DAY:.0f} days from the end of the log, "
-                         f"some buying again and some not (found {len(x0)}); set segments.horizon_days lower")
-    xc = x0[cols + ["spend_90d", "returns"]].to_numpy()
-    tr, te = train_test_split(np.arange(len(xc)), test_size=0.3, random_state=cfg.seed, stratify=churned if churned.value_counts().min() >= 2 else None)
-    churn_model = HistGradientBoostingClassifier(max_iter=50 if cfg.quick else 200, learning_rate=0.05, random_state=cfg.seed)
-    churn_model.fit(xc[tr], churned.to_numpy()[tr])
+    bar.set_postfix_str("churn and value")
+    xc, yc, sc = x0[MODEL_FEATURES].to_numpy(), churned.to_numpy(), spend.to_numpy()
+    tr, te = train_test_split(np.arange(len(xc)), test_size=0.3, random_state=cfg.seed, stratify=yc)
+    # small, shallow trees: a few thousand customers overfit deeper ones (over-confident risk, lower AUC)
+    gbt: dict[str, Any] = dict(max_iter=50 if cfg.quick else trees, learning_rate=0.05, max_leaf_nodes=8,
+               min_samples_leaf=min(80, max(5, len(tr) // 20)), random_state=cfg.seed)
+    with threadpool_limits(1, user_api="openmp"):
+        churn_model = HistGradientBoostingClassifier(**gbt).fit(xc[tr], yc[tr])
+        # spend is heavy-tailed: the median (absolute error) forecast with default-size trees measured best (MAE)
+        value_model = HistGradientBoostingRegressor(loss="absolute_error", max_iter=50 if cfg.quick else 2 * trees,
+                                                    learning_rate=0.05, random_state=cfg.seed).fit(xc[tr], sc[tr])
     churn_p = churn_model.predict_proba(xc[te])[:, 1]
-    churn_auc = float(roc_auc_score(churned.to_numpy()[te], churn_p)) if churned.iloc[te].nunique() > 1 else float("nan")
-    value_model = HistGradientBoostingRegressor(max_iter=50 if cfg.quick else 200, learning_rate=0.05, loss="absolute_error", random_state=cfg.seed)
-    value_model.fit(xc[tr], spend.to_numpy()[tr])
-    cltv_mae = float(mean_absolute_error(spend.to_numpy()[te], np.maximum(value_model.predict(xc[te]), 0)))
-    naive_mae = float(mean_absolute_error(spend.to_numpy()[te], x0["spend_90d"].to_numpy()[te]))
-    bar.update()
-
-    xn = feats[cols + ["spend_90d", "returns"]].to_numpy()
+    churn_auc = float(roc_auc_score(yc[te], churn_p)) if len(set(yc[te])) > 1 else float("nan")
+    churn_brier = float(brier_score_loss(yc[te], churn_p))
+    cltv_mae = float(mean_absolute_error(sc[te], np.maximum(value_model.predict(xc[te]), 0.0)))
+    naive_mae = float(mean_absolute_error(sc[te], x0["spend_90d"].to_numpy()[te]))  # "same as the last 90 days"
+    xn = feats[MODEL_FEATURES].to_numpy()
     churn_now = churn_model.predict_proba(xn)[:, 1]
     value_now = np.maximum(value_model.predict(xn), 0.0)
+    bar.update()
+
+    bar.set_postfix_str("log and register")
+    users = list(feats.index)
     traits = {
         user: {"segment": segment[user], "cluster": str(int(c)), "churn_risk": f"{p:.4f}", "cltv_90d": f"{v:.2f}",
                "rfm": f"{r.r}{r.f}{r.m}"}
-        for user, c, p, v, r in zip(feats.index, km.labels_, churn_now, value_now, rfm.itertuples(index=False))
+        for user, c, p, v, r in zip(users, km.labels_, churn_now, value_now, rfm.itertuples(index=False))
     }
     sizes = {s: int((segment == s).sum()) for s in SEGMENTS}
-    metrics = {"churn_auc": churn_auc, "cltv_mae": cltv_mae, "cltv_mae_naive": naive_mae, "clusters": float(best_k),
-               "customers": float(len(feats)), "churn_rate": float(churned.mean()),
+    metrics = {"churn_auc": churn_auc, "churn_brier": churn_brier, "cltv_mae": cltv_mae, "cltv_mae_naive": naive_mae,
+               "clusters": float(km.n_clusters),
+               "customers": float(len(feats)), "churn_rate": float(yc.mean()), "churn_train_customers": float(len(x0)),
                **{f"silhouette_k{k}": v for k, v in sil.items()}}
-    with training_run(FAMILY, {"horizon_days": horizon / DAY, "seed": cfg.seed, "k_range": f"2..{max(sil)}"}, ds.fingerprint) as run:
+    params = {"horizon_days": horizon / DAY, "seed": cfg.seed, "k_range": f"{ks.start}..{ks.stop - 1}", **gbt,
+              "scored_at": now, "churn_split_at": t0}
+    with training_run(FAMILY, params, ds.fingerprint, {"source": ds.source}) as run:
         mlflow.log_metrics(metrics)
-        mlflow.log_dict({"sizes": sizes, "rules": name_segment.__doc__}, "segments.json")
+        mlflow.log_dict({"sizes": sizes, "rules": name_segment.__doc__,
+                         "cluster_medians": {str(k): v for k, v in profiles.to_dict("index").items()}}, "segments.json")
         log_figure(sizes_figure(sizes), "segment_sizes.png")
-        users = list(feats.index)
+        log_figure(calibration_figure(yc[te], churn_p), "churn_calibration.png")
         with tempfile.TemporaryDirectory() as d:
             save_bundle(Path(d), {
                 "churn_risk": churn_now, "cltv_90d": value_now, "cluster": km.labels_.astype(np.int64),
                 "rfm": rfm.to_numpy().astype(np.int64), "centroids": km.cluster_centers_,
-            }, {"family": FAMILY, "customer_ids": users, "segment": [segment[u] for u in users], "metrics": metrics,
-                "scored_at": now, "created_at": time.time()})
+                "scaler_mean": z_mean, "scaler_scale": z_scale,
+            }, {"family": FAMILY, "customer_ids": users, "segment": [segment[u] for u in users],
+                "cluster_features": CLUSTER_FEATURES, "segments": list(SEGMENTS), "rules": name_segment.__doc__,
+                "metrics": metrics, "scored_at": now, "horizon_days": horizon / DAY, "data_fingerprint": ds.fingerprint,
+                "created_at": time.time()})
             log_bundle(Path(d))
         promotion = register_and_promote(FAMILY, run.info.run_id, "bundle", metrics, force=cfg.force)
     bar.update()
@@ -186,15 +273,25 @@ async def _publish(url: str, traits: dict[str, dict[str, str]]) -> None:
         await store.close()
 
 
-def sizes_figure(sizes: dict[str, int]) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+def sizes_figure(sizes: dict[str, int]) -> Figure:
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
     ax.bar(list(sizes), list(sizes.values()), color="#4c72b0")
     ax.set_ylabel("customers")
     ax.set_title("RFM segments")
     ax.tick_params(axis="x", rotation=30)
+    return fig
+
+
+def calibration_figure(y: np.ndarray, p: np.ndarray, bins: int = 10) -> Figure:
+    """Observed churn vs predicted churn risk on the held-out customers, in equal-width bins."""
+    b = np.clip((p * bins).astype(int), 0, bins - 1)
+    present = [k for k in range(bins) if (b == k).any()]
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.plot([p[b == k].mean() for k in present], [y[b == k].mean() for k in present], "o-", color="#c44e52")
+    ax.set_xlabel("predicted churn risk")
+    ax.set_ylabel("observed churn (no purchase in the horizon)")
+    ax.set_title("Churn calibration (held-out customers)")
     return fig

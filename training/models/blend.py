@@ -1,27 +1,77 @@
-"""The final recommender: a blend of repeat purchase, BM25 item-kNN, ALS and popularity, scored by
-features.scoring.BlendModel (numpy only, the code the service runs) from each customer's history.
-
-Weights are tuned on a validation window carved from the end of the training period, never on the test period.
+"""The final recommender: a two-stage re-ranker (candidates from history, BM25 item-kNN, ALS and popularity; order by
+gradient-boosted trees over repeat, recency, collaborative and popularity signals), scored by
+features.scoring.RerankModel with numpy alone. The trees learn on a validation window carved from the end of the
+training period (features as of its start, labels = purchases inside it), never on the test period.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.ensemble import HistGradientBoostingClassifier
+from threadpoolctl import threadpool_limits
 
-from features.scoring import BlendModel, Csr, History, combine
+from features.propensity_model import TreeEnsemble
+from features.scoring import ITEM_STATS, Csr, History, RerankModel, recommend
 from training.models.base import TrainSet
-from training.models.baselines import PopularityByCountry, recent_popularity
 from training.models.implicit_models import ALS, ItemKNN
+from training.propensity import export_trees
 
-if TYPE_CHECKING:
-    from training.data import TestSet
+DAY = 86400.0
 
-DEFAULT_WEIGHTS = {"repeat": 1.0, "knn": 0.2, "als": 0.3, "pop": 0.05, "country": 0.0}
+
+@dataclass
+class RerankParams:
+    knn_k: int = 100
+    als_factors: int = 64
+    als_iterations: int = 15
+    als_regularization: float = 0.05
+    als_alpha: float = 2.0
+    n_cf: int = 100
+    n_pop: int = 50
+    trees: int = 120
+    learning_rate: float = 0.1
+    max_leaf_nodes: int = 31
+    min_samples_leaf: int = 50
+    seed: int = 7
+
+
+def buyers_since(train: TrainSet, days: float) -> np.ndarray:
+    """Distinct customers whose last purchase of each item falls in the `days` before the split."""
+    m = train.last_ts.copy()
+    m.data = (m.data >= train.split_ts - days * DAY).astype(np.float64)
+    return np.asarray(m.sum(axis=0)).ravel()
+
+
+def item_stats(train: TrainSet) -> np.ndarray:
+    """Per-item columns in features.scoring.ITEM_STATS order."""
+    bought = train.purchases.copy()
+    n_all = np.asarray((bought > 0).sum(axis=0)).ravel().astype(np.float64)
+    bought.data = (bought.data >= 2).astype(np.float64)
+    n_repeat = np.asarray(bought.sum(axis=0)).ravel()
+    cols = [np.log1p(buyers_since(train, d)) for d in (14, 30, 90)]
+    cols += [np.log1p(n_all), (n_repeat + 0.1) / (n_all + 1.0)]
+    out = np.column_stack(cols)
+    assert out.shape[1] == len(ITEM_STATS)
+    return out
+
+
+def countries(train: TrainSet) -> list[str]:
+    return sorted({c for c in train.user_country if c})
+
+
+def country_share(train: TrainSet, names: list[str]) -> np.ndarray:
+    """(n_countries, n_items): the share of each country's customers who bought each item."""
+    cidx = {c: i for i, c in enumerate(names)}
+    uc = np.array([cidx.get(c, -1) if c else -1 for c in train.user_country], dtype=np.int64)
+    known = np.nonzero(uc >= 0)[0]
+    onehot = sp.csr_matrix((np.ones(len(known)), (uc[known], known)), shape=(len(names), train.n_users))
+    bought = (train.purchases > 0).astype(np.float64)
+    counts = np.asarray((onehot @ bought).todense())
+    return counts / np.maximum(np.asarray(onehot.sum(axis=1)), 1.0)
 
 
 def history(train: TrainSet, users: np.ndarray, country_index: dict[str, int]) -> History:
@@ -29,90 +79,127 @@ def history(train: TrainSet, users: np.ndarray, country_index: dict[str, int]) -
         interest=train.weights[users].toarray().astype(np.float64),
         purchases=train.purchases[users].toarray().astype(np.float64),
         last_purchase=train.last_ts[users].toarray(),
-        country=np.array([country_index.get(train.user_country[u] or "", -1) for u in users]),
+        country=np.array([country_index.get(train.user_country[u] or "", -1) for u in users], dtype=np.int64),
     )
 
 
+class Components:
+    """Everything but the trees, fitted on one training period."""
+
+    def __init__(self, train: TrainSet, p: RerankParams) -> None:
+        knn = ItemKNN("bm25", k=p.knn_k)
+        knn.fit(train)
+        als = ALS(factors=p.als_factors, iterations=p.als_iterations, regularization=p.als_regularization,
+                  alpha=p.als_alpha, seed=p.seed)
+        als.fit(train)
+        s = knn.similarity
+        self.similarity = Csr(s.indptr.copy(), s.indices.copy(), s.data.astype(np.float64), s.shape)
+        self.item_factors = als.item_factors
+        self.user_factors = als.user_factors  # for the bundle (known customers); scoring folds users in instead
+        self.popularity = buyers_since(train, 30.0)
+        self.item_stats = item_stats(train)
+        self.countries = countries(train)
+        self.country_index = {c: i for i, c in enumerate(self.countries)}
+        self.country_share = country_share(train, self.countries)
+
+    def model(self, p: RerankParams, ranker_all: TreeEnsemble, ranker_new: TreeEnsemble) -> RerankModel:
+        return RerankModel(self.similarity, self.item_factors, self.item_stats, self.country_share, ranker_all,
+                           ranker_new, p.als_alpha, p.als_regularization, p.n_cf, p.n_pop)
+
+
+def _placeholder_trees() -> TreeEnsemble:
+    """A single leaf: used only to generate candidates before the real trees exist."""
+    one = np.zeros(1)
+    return TreeEnsemble(np.array([-1]), one, np.array([False]), np.array([0]), np.array([0]), one,
+                        np.array([0]), 0.0)
+
+
+def training_rows(comp: Components, p: RerankParams, train: TrainSet, users: np.ndarray,
+                  relevant: list[set[int]], new_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every candidate of the validation customers, and whether they bought it in the window."""
+    model = comp.model(p, _placeholder_trees(), _placeholder_trees())
+    xs, ys = [], []
+    for start in range(0, len(users), 512):
+        us = users[start : start + 512]
+        cand = model.candidates(history(train, us, comp.country_index), train.split_ts, new_only)
+        rel = relevant[start : start + 512]
+        xs.append(cand.x)
+        labels = (int(i) in rel[r] for r, i in zip(cand.rows, cand.items))
+        ys.append(np.fromiter(labels, dtype=bool, count=len(cand.rows)))
+    return np.vstack(xs), np.concatenate(ys)
+
+
 @dataclass
-class BlendParams:
-    repeat_half_life_days: float = 60.0
-    knn_k: int = 50
-    als_factors: int = 64
-    als_iterations: int = 15
-    als_regularization: float = 0.05
-    als_alpha: float = 2.0
-    seed: int = 7
+class Window:
+    """One validation window: the training set as of its start, and each customer's purchases inside it."""
+
+    train: TrainSet
+    users: np.ndarray
+    relevant: list[set[int]]
 
 
-class Blend:
-    name = "blend"
+class Reranker:
+    """The champion candidate. `fit_ranker` on a validation window first, then `fit` on the full training period."""
 
-    def __init__(self, params: BlendParams | None = None, weights: dict[str, float] | None = None) -> None:
-        self.params = params or BlendParams()
-        self.weights = dict(weights or DEFAULT_WEIGHTS)
+    name = "rerank"
+
+    def __init__(self, params: RerankParams | None = None) -> None:
+        self.params = params or RerankParams()
+        self.rankers: dict[str, TreeEnsemble] = {}
+        self.validation: dict[str, float] = {}
+
+    def fit_ranker(self, windows: Sequence[Window]) -> None:
+        """Learn the trees on validation windows: features as of each window's start, labels = purchases inside it.
+
+        Several consecutive windows give the trees more (and more varied) examples than one.
+        """
+        windows = [w for w in windows if len(w.users)]
+        if not windows:
+            raise ValueError("validation windows: no customers with purchases both before and inside a window")
+        p = self.params
+        data: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"all": ([], []), "new": ([], [])}
+        positives = {"all": 0, "new": 0}
+        for w in windows:
+            comp = Components(w.train, p)
+            for proto, new_only in (("all", False), ("new", True)):
+                rel = w.relevant
+                if new_only:
+                    rel = [r - set(w.train.purchases[u].indices.tolist()) for u, r in zip(w.users, w.relevant)]
+                x, y = training_rows(comp, p, w.train, w.users, rel, new_only)
+                data[proto][0].append(x)
+                data[proto][1].append(y)
+                positives[proto] += sum(map(len, rel))
+        for proto, (xs, ys) in data.items():
+            x, y = np.vstack(xs), np.concatenate(ys)
+            if not y.any() or y.all():
+                raise ValueError(f"validation windows ({proto}): every candidate has the same label; more data needed")
+            clf = HistGradientBoostingClassifier(max_iter=p.trees, learning_rate=p.learning_rate,
+                                                 max_leaf_nodes=p.max_leaf_nodes, min_samples_leaf=p.min_samples_leaf,
+                                                 early_stopping=False, random_state=p.seed)
+            # one OpenMP thread: on a small shared machine, spinning worker threads make the fit many times slower
+            with threadpool_limits(1, user_api="openmp"):
+                clf.fit(x, y)
+            self.rankers[proto] = export_trees(clf)
+            self.validation[f"{proto}.rows"] = float(len(y))
+            self.validation[f"{proto}.positives"] = float(positives[proto])
+            self.validation[f"{proto}.candidate_recall"] = float(y.sum() / max(positives[proto], 1))
 
     def fit(self, train: TrainSet) -> None:
-        p = self.params
+        if not self.rankers:
+            raise RuntimeError("Reranker.fit: call fit_ranker on a validation window first")
         self.train = train
-        self.knn = ItemKNN("bm25", k=p.knn_k)
-        self.knn.fit(train)
-        self.als = ALS(factors=p.als_factors, iterations=p.als_iterations, regularization=p.als_regularization,
-                       alpha=p.als_alpha, seed=p.seed)
-        self.als.fit(train)
-        self.country = PopularityByCountry()
-        self.country.fit(train)
-        self.country_index = {c: i for i, c in enumerate(self.country.countries)}
-        self.popularity = recent_popularity(train)
-        self._build()
+        self.components = Components(train, self.params)
+        self.model = self.components.model(self.params, self.rankers["all"], self.rankers["new"])
 
-    def _build(self) -> None:
-        sim = self.knn.similarity
-        w = self.weights
-        self.model = BlendModel(
-            similarity=Csr(sim.indptr.copy(), sim.indices.copy(), sim.data.astype(np.float64), sim.shape),
-            popularity=self.popularity.astype(np.float64),
-            country_popularity=self.country.by_country.astype(np.float64),
-            w_repeat=w["repeat"], w_knn=w["knn"], w_pop=w["pop"], w_country=w["country"],
-            repeat_half_life_days=self.params.repeat_half_life_days,
-            item_factors=self.als.item_factors, w_als=w["als"],
-            als_alpha=self.params.als_alpha, als_regularization=self.params.als_regularization,
-        )
-
-    def set_weights(self, weights: dict[str, float]) -> None:
-        self.weights = dict(weights)
-        self._build()
+    def history(self, users: np.ndarray) -> History:
+        return history(self.train, users, self.components.country_index)
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return self.model.score(history(self.train, users, self.country_index), self.train.split_ts)
+        return self.model.score(self.history(users), self.train.split_ts, new_only=False)
 
+    def recommend(self, users: np.ndarray, k: int, new_only: bool) -> np.ndarray:
+        """Top-k through features.scoring.recommend, exactly as the service ranks."""
+        return recommend(self.model, self.history(users), self.train.split_ts, k, new_only)
 
-WEIGHT_GRID = {
-    "knn": (0.0, 0.1, 0.3),
-    "als": (0.0, 0.2, 0.5, 1.0),
-    "pop": (0.0, 0.05, 0.2),
-    "country": (0.0, 0.1),
-}
-
-
-def weight_grid() -> list[dict[str, float]]:
-    keys = list(WEIGHT_GRID)
-    return [{"repeat": 1.0, **dict(zip(keys, combo))} for combo in itertools.product(*WEIGHT_GRID.values())]
-
-
-def tune_weights(blend: Blend, train: TrainSet, test: "TestSet", objective: "Callable[[Callable[[np.ndarray], np.ndarray]], float]") -> tuple[dict[str, float], float]:
-    """Grid search of the blend weights: components are computed once, then only re-weighted."""
-    everything = {k: 1.0 for k in ("repeat", "knn", "als", "pop", "country")}
-    blend.set_weights(everything)
-    rows = {int(u): r for r, u in enumerate(test.users)}
-    comps = blend.model.components(history(train, test.users, blend.country_index), train.split_ts)
-    best_w, best = dict(DEFAULT_WEIGHTS), -1.0
-    for w in weight_grid():
-        def score(users: np.ndarray, w: dict[str, float] = w) -> np.ndarray:
-            idx = [rows[int(u)] for u in users]
-            return combine({k: v[idx] for k, v in comps.items()}, w)
-
-        value = objective(score)
-        if value > best:
-            best_w, best = w, value
-    blend.set_weights(best_w)
-    return best_w, best
+    def describe(self) -> dict[str, object]:
+        return {**asdict(self.params), **self.model.params()}
