@@ -24,6 +24,8 @@ Layout (P = the prefix, default `rs:v1`):
 | P:ev:{event_id}             | string | idempotency marker                                 | TTL DEDUPE_TTL   |
 | P:log                       | stream | offline log entries, trimmed only after drain ack  | drained          |
 | P:erased                    | set    | customer ids erased for privacy                    | none             |
+| P:items                     | set    | every catalog item id                              | none (catalog)   |
+| P:items:ver                 | string | catalog version, INCR on every upsert              | none             |
 
 Person-hash field names: `first`, `last`, `country`, `n` (events), `orders`, `monetary`,
 `cnt:type:<type>`, `cnt:channel:<channel>`, `ls:<channel>` (last seen), `t:<trait>` (published traits).
@@ -137,6 +139,11 @@ class Keys:
     @property
     def erased(self) -> str:
         return f"{self.prefix}:erased"
+
+    @property
+    def catalog_version(self) -> str:
+        """Counter bumped by every catalog upsert: readers reload their snapshot only when it moved."""
+        return f"{self.prefix}:items:ver"
 
     @property
     def catalog_index(self) -> str:

@@ -10,12 +10,15 @@ last event is SESSION_TTL old; trending hours older than TRENDING_KEEP are dropp
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from features import keys as K
 from features.schema import (
+    LIVE_CATEGORIES,
+    LIVE_RECENT_SCAN,
+    LiveFeatures,
+    DecisionRecord,
     Event,
     IngestResult,
     Item,
@@ -39,6 +42,7 @@ from features.redis_store import (
     trending_hours,
     trending_weight,
 )
+from features.clock import Clock, wall_clock
 from features.store import LogEntry, Window
 
 
@@ -64,20 +68,22 @@ def _trim(z: dict[str, float], cap: int) -> None:
 class MemoryFeatureStore:
     backend = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = wall_clock) -> None:
+        self.clock = clock
         self.people: dict[str, _Person] = {}
         self.aliases: dict[str, str] = {}
         self.items: dict[str, Item] = {}
+        self._catalog_version = 0
         self.item_stats: dict[str, dict[str, int]] = {}
         self.pop: dict[str, dict[str, float]] = {}
         self.trend: dict[tuple[str, int], dict[str, float]] = {}
         self.seen: set[str] = set()
         self.erased: set[str] = set()
-        self._log: dict[str, LogRecord | LinkRecord] = {}  # entry id -> record, until acknowledged
+        self._log: dict[str, LogRecord | LinkRecord | DecisionRecord] = {}  # entry id -> record, until acknowledged
         self._order: list[str] = []  # every entry id in append order
         self._seq = 0
         self._cursors: dict[str, int] = {}  # group -> index into _order of the next undelivered entry
-        self._pending: dict[tuple[str, str], dict[str, LogRecord | LinkRecord]] = {}
+        self._pending: dict[tuple[str, str], dict[str, LogRecord | LinkRecord | DecisionRecord]] = {}
 
     async def ping(self) -> bool:
         return True
@@ -87,7 +93,7 @@ class MemoryFeatureStore:
 
     # ---- writes ----
 
-    def _append_log(self, rec: LogRecord | LinkRecord, now: float) -> None:
+    def _append_log(self, rec: LogRecord | LinkRecord | DecisionRecord, now: float) -> None:
         self._seq += 1
         entry_id = f"{int(now * 1000)}-{self._seq}"
         self._log[entry_id] = rec
@@ -162,7 +168,7 @@ class MemoryFeatureStore:
         return person, fresh
 
     async def ingest(self, events: Sequence[Event], now: float | None = None) -> IngestResult:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         dups: list[str] = []
         # no await inside: under asyncio the whole batch applies atomically, like the Redis script
         for event in events:
@@ -272,7 +278,11 @@ class MemoryFeatureStore:
     async def upsert_items(self, items: Sequence[Item]) -> int:
         for item in items:
             self.items[item.item_id] = item
+        self._catalog_version += 1
         return len(items)
+
+    async def catalog_version(self) -> int:
+        return self._catalog_version
 
     async def set_traits(self, traits: Mapping[str, Mapping[str, str]]) -> int:
         for person, values in traits.items():
@@ -313,7 +323,7 @@ class MemoryFeatureStore:
         return any_id
 
     async def profile(self, any_id: str, now: float | None = None) -> Profile | None:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         person = await self.resolve(any_id)
         p = self.people.get(person)
         if p is None or not p.hash:
@@ -347,11 +357,38 @@ class MemoryFeatureStore:
             traits={f[2:]: str(v) for f, v in h.items() if f.startswith("t:")},
         )
 
+    async def live(self, any_id: str, since: float, now: float | None = None) -> LiveFeatures | None:
+        now = self.clock() if now is None else now
+        person = await self.resolve(any_id)
+        p = self.people.get(person)
+        if p is None or not p.hash:
+            return None
+        h = p.hash
+        session_ids: list[str] = []
+        if p.session and now - float(p.session.get("last", 0)) <= K.SESSION_TTL:
+            recent = sorted(p.recent[:LIVE_RECENT_SCAN], key=lambda r: -r.ts)
+            session_ids = session_items(recent, float(p.session["started"]))
+        fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
+        bought = top_k(p.bought, len(p.bought))
+        return LiveFeatures(
+            person=person,
+            country=str(h["country"]) if "country" in h else None,
+            orders=int(float(h.get("orders", 0))),
+            events=int(float(h.get("n", 0))),
+            traits={f[2:]: str(v) for f, v in h.items() if f.startswith("t:")},
+            purchased=[i for i, _ in bought],
+            purchased_since={i: ts for i, ts in bought if ts >= since},
+            returned=sorted(p.returned),
+            cart=list(p.cart),
+            session_items=session_ids,
+            category_affinity=[(c, s * fa) for c, s in top_k(p.ca, LIVE_CATEGORIES)],
+        )
+
     async def popular(
         self, scope: str = "all", window: Window = "pop", k: int = 100, now: float | None = None
     ) -> list[tuple[str, float]]:
         check_popular_args(window, k)
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         if window == "pop":
             f = K.read_factor(K.POPULAR_HALF_LIFE, now)
             return [(i, s * f) for i, s in top_k(self.pop.get(scope, {}), k)]
@@ -363,6 +400,11 @@ class MemoryFeatureStore:
         return top_k(scores, k)
 
     # ---- the offline log ----
+
+    async def log_decisions(self, records: Sequence[DecisionRecord]) -> int:
+        for rec in records:
+            self._append_log(rec, rec.ts)
+        return len(records)
 
     async def log_read(self, group: str, consumer: str, count: int, block_ms: int = 0) -> list[LogEntry]:
         check_count(count)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.schema import LOG_COLUMNS, Item, LinkRecord, LogRecord
+from features.schema import DECISION_COLUMNS, LOG_COLUMNS, DecisionRecord, Item, LinkRecord, LogRecord
 from features.store import FeatureStore, LogEntry
 
 _STRING_COLS = [c for c in LOG_COLUMNS if c not in ("ts", "quantity", "value", "ingested_at")]
@@ -29,6 +29,12 @@ EVENT_SCHEMA = pa.schema(
     [
         pa.field(c, pa.float64() if c in ("ts", "value", "ingested_at") else pa.int64() if c == "quantity" else pa.string())
         for c in LOG_COLUMNS
+    ]
+)
+DECISION_SCHEMA = pa.schema(
+    [
+        pa.field(c, pa.float64() if c == "ts" else pa.bool_() if c == "degraded" else pa.string())
+        for c in DECISION_COLUMNS
     ]
 )
 LINK_SCHEMA = pa.schema([("alias", pa.string()), ("person_id", pa.string()), ("ts", pa.float64())])
@@ -50,6 +56,7 @@ class DrainReport(msgspec.Struct):
     entries: int = 0
     events: int = 0
     links: int = 0
+    decisions: int = 0
     files: int = 0
     pending_recovered: int = 0
     catalog_items: int = 0
@@ -57,7 +64,8 @@ class DrainReport(msgspec.Struct):
 
     def summary(self) -> str:
         return (
-            f"drained {self.entries} stream entries: {self.events} events, {self.links} identity links into "
+            f"drained {self.entries} stream entries: {self.events} events, {self.links} identity links, "
+            f"{self.decisions} decisions into "
             f"{self.files} files ({self.pending_recovered} recovered from a previous crash); "
             f"catalog snapshot {self.catalog_items} items; {self.erased} erased ids"
         )
@@ -96,13 +104,17 @@ def _events_table(records: Sequence[LogRecord]) -> pa.Table:
     return pa.table(cols, schema=EVENT_SCHEMA)
 
 
-def write_batch(data_dir: Path, entries: Sequence[LogEntry]) -> tuple[int, int, int]:
-    """Write one batch of stream entries; returns (events, links, files). Deterministic names: safe to repeat."""
+def write_batch(data_dir: Path, entries: Sequence[LogEntry]) -> tuple[int, int, int, int]:
+    """Write one batch of stream entries; returns (events, links, decisions, files). Deterministic names: safe to
+    repeat."""
     by_date: dict[str, list[LogRecord]] = defaultdict(list)
+    decisions: dict[str, list[DecisionRecord]] = defaultdict(list)
     links: list[LinkRecord] = []
     for _, rec in entries:
         if isinstance(rec, LogRecord):
             by_date[_date(rec.ts)].append(rec)
+        elif isinstance(rec, DecisionRecord):
+            decisions[_date(rec.ts)].append(rec)
         else:
             links.append(rec)
     name = f"part-{_safe(entries[0][0])}-{_safe(entries[-1][0])}.parquet"
@@ -117,7 +129,11 @@ def write_batch(data_dir: Path, entries: Sequence[LogEntry]) -> tuple[int, int, 
         )
         _write_atomic(table, data_dir / "links" / name)
         files += 1
-    return sum(len(v) for v in by_date.values()), len(links), files
+    for date, recs in sorted(decisions.items()):
+        table = pa.table({c: [getattr(r, c) for r in recs] for c in DECISION_COLUMNS}, schema=DECISION_SCHEMA)
+        _write_atomic(table, data_dir / "decisions" / f"date={date}" / name)
+        files += 1
+    return sum(len(v) for v in by_date.values()), len(links), sum(len(v) for v in decisions.values()), files
 
 
 async def drain(
@@ -142,13 +158,14 @@ async def drain(
         bar = tqdm(total=await store.log_length(), unit="entry", desc="drain")
 
     async def handle(entries: list[LogEntry]) -> None:
-        ev, ln, files = await asyncio.to_thread(write_batch, data_dir, entries)
+        ev, ln, dec, files = await asyncio.to_thread(write_batch, data_dir, entries)
         if os.environ.get(CRASH_ENV) == "after_write":
             os._exit(3)
         await store.log_ack(group, [i for i, _ in entries])
         report.entries += len(entries)
         report.events += ev
         report.links += ln
+        report.decisions += dec
         report.files += files
         if bar is not None:
             bar.update(len(entries))
@@ -277,6 +294,43 @@ def read_links(data_dir: Path) -> pa.Table:
     if not files:
         return LINK_SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(f, schema=LINK_SCHEMA) for f in files]).sort_by("ts")
+
+
+def read_decisions(
+    data_dir: Path, start: datetime | float | None = None, end: datetime | float | None = None
+) -> pa.Table:
+    """Every logged decision once (dedupe by decision_id), erased people removed, sorted by ts; `start` inclusive,
+    `end` exclusive."""
+    root = Path(data_dir) / "decisions"
+    s, e = _ts(start), _ts(end)
+    files: list[Path] = []
+    if root.exists():
+        for part in sorted(root.glob("date=*")):
+            day = part.name[5:]
+            if (s is not None and day < _date(s)) or (e is not None and day > _date(e)):
+                continue
+            files.extend(sorted(part.glob("part-*.parquet")))
+    if not files:
+        return DECISION_SCHEMA.empty_table()
+    table = pa.concat_tables([pq.read_table(f, schema=DECISION_SCHEMA) for f in files])
+    if s is not None:
+        table = table.filter(pc.greater_equal(table["ts"], s))
+    if e is not None:
+        table = table.filter(pc.less(table["ts"], e))
+    if table.num_rows:
+        table = table.sort_by([("decision_id", "ascending"), ("ts", "ascending")])
+        ids = table["decision_id"].to_numpy(zero_copy_only=False)
+        keep = [0] + [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+        table = table.take(pa.array(keep, type=pa.int64())).sort_by([("ts", "ascending"), ("decision_id", "ascending")])
+        erased = erased_ids(data_dir)
+        if erased:
+            gone = pa.array(sorted(erased), type=pa.string())
+            mask = pc.or_kleene(
+                pc.fill_null(pc.is_in(table["customer_id"], gone), False),
+                pc.fill_null(pc.is_in(table["person_id"], gone), False),
+            )
+            table = table.filter(pc.invert(mask))
+    return table
 
 
 def read_catalog(data_dir: Path) -> pa.Table:

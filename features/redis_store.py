@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Awaitable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar
@@ -17,8 +16,16 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from features import keys as K
+from features.clock import Clock, wall_clock
+from features.fastredis import FastRedis
 from features.keys import Keys
 from features.schema import (
+    LIVE_CATEGORIES,
+    LIVE_RECENT_SCAN,
+    LiveFeatures,
+    DecisionRecord,
+    decode_decision_batch,
+    decode_decision_record,
     Event,
     IngestResult,
     Item,
@@ -40,6 +47,7 @@ T = TypeVar("T")
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
 _recent_decoder = msgspec.json.Decoder(RecentEvent)
+_recent_list_decoder = msgspec.json.Decoder(list[RecentEvent])
 _item_decoder = msgspec.msgpack.Decoder(Item)
 
 # The numbers the Lua script needs, all from features/keys.py.
@@ -80,15 +88,22 @@ _LUA = (
     .replace("__CONFIG__", _lua_literal(LUA_CONFIG))
 )
 
+_PROFILE_LUA = resources.files("features").joinpath("lua/profile.lua").read_text(encoding="utf-8")
+_LIVE_LUA = resources.files("features").joinpath("lua/live.lua").read_text(encoding="utf-8")
+SCRIPTS = {"ingest": _LUA, "profile": _PROFILE_LUA, "live": _LIVE_LUA}
+
 PROFILE_RECENT = 50
 PROFILE_AFFINITIES = 50
 PROFILE_CATEGORIES = 20
+PROFILE_ITEMS = K.PURCHASED_CAP + 16  # purchased/returned: all of them (trimming overshoots the cap by at most 15)
 # Writes and log reads may legitimately take longer than a profile read (a 1,000-event batch is one script call),
 # so they run under max(timeout_s, WRITE_TIMEOUT_S); reads use timeout_s.
 WRITE_TIMEOUT_S = 10.0
 GROUP_COMMIT_MAX = 10  # concurrent requests this small share one script call; larger batches go alone
 TRAITS_CHUNK = 1000
 PERSON_PARTS = ("p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids")
+# the offer state kept beside the profile (features/offer_store.py): contacts, state, outcome marks, export marks
+OFFER_PARTS = ("ol", "os", "oo", "ox")
 
 
 def lua_event(event: Event, now: float) -> tuple[list[Any], bytes, bytes]:
@@ -141,14 +156,23 @@ class RedisFeatureStore:
 
     backend = "redis"
 
-    def __init__(self, client: aioredis.Redis, prefix: str = K.DEFAULT_PREFIX, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = K.DEFAULT_PREFIX,
+        timeout_s: float | None = None,
+        clock: Clock = wall_clock,
+        fast: FastRedis | None = None,
+    ) -> None:
+        self.clock = clock
+        self._fast = fast  # the hot-path client for script calls (see features/fastredis.py); None: redis-py
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"timeout_s: must be positive or None, got {timeout_s}")
         self.client = client
         self.keys = Keys(prefix)
         self.timeout_s = timeout_s
         self._write_timeout = max(timeout_s or 0.0, WRITE_TIMEOUT_S)
-        self._sha: str | None = None
+        self._shas: dict[str, str] = {}
         self._groups: set[str] = set()  # consumer groups known to exist
         # group commit: small ingests that arrive in the same event-loop turn share one script call
         self._queued: list[tuple[Sequence[Event], asyncio.Future[IngestResult]]] = []
@@ -157,7 +181,12 @@ class RedisFeatureStore:
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = K.DEFAULT_PREFIX, max_connections: int = 64, timeout_s: float | None = 0.05
+        cls,
+        url: str,
+        prefix: str = K.DEFAULT_PREFIX,
+        max_connections: int = 64,
+        timeout_s: float | None = 0.05,
+        clock: Clock = wall_clock,
     ) -> "RedisFeatureStore":
         if max_connections < 1:
             raise ValueError(f"max_connections: must be at least 1, got {max_connections}")
@@ -165,7 +194,8 @@ class RedisFeatureStore:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=5, socket_connect_timeout=2, health_check_interval=30
         )
-        return cls(aioredis.Redis(connection_pool=pool), prefix=prefix, timeout_s=timeout_s)
+        return cls(aioredis.Redis(connection_pool=pool), prefix=prefix, timeout_s=timeout_s, clock=clock,
+                   fast=FastRedis.from_url(url))
 
     async def _call(self, aw: Awaitable[T], timeout: float | None = None) -> T:
         try:
@@ -181,6 +211,8 @@ class RedisFeatureStore:
             return False
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
         await self.client.aclose()
 
     # ---- writes ----
@@ -207,7 +239,7 @@ class RedisFeatureStore:
 
     async def _ingest_batches(self, batches: Sequence[Sequence[Event]], now: float | None) -> list[IngestResult]:
         """One script call for several requests' events; each request gets its own counts back."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         heads: list[list[Any]] = []
         args: list[Any] = [self.keys.prefix, b"", now]
         for events in batches:
@@ -228,13 +260,34 @@ class RedisFeatureStore:
         return out
 
     async def _eval(self, args: list[Any]) -> list[int]:
-        if self._sha is None:
-            self._sha = await self.client.script_load(_LUA)
+        return await self._eval_script("ingest", args)  # type: ignore[no-any-return]
+
+    async def _eval_script(self, name: str, args: Sequence[Any]) -> Any:
+        """EVALSHA of one of the store's scripts, loading it on first use or after the server lost its cache."""
+        return await self.run_script(SCRIPTS[name], (), args, name=name)
+
+    async def run_script(self, source: str, keys: Sequence[Any], args: Sequence[Any], name: str | None = None) -> Any:
+        """EVALSHA of a Lua script on the hot-path client (loaded on first use, reloaded if the server forgot it).
+        Other modules' scripts (rate limits, offers) run through here too. Errors are redis-py's; wrap the call in
+        the store's timeout yourself (see `call`)."""
+        key = name or source
+        sha = self._shas.get(key)
+        if sha is None:
+            sha = self._shas[key] = await self.client.script_load(source)
         try:
-            return await self.client.evalsha(self._sha, 0, *args)  # type: ignore[no-any-return]
+            return await self._evalsha(sha, keys, args)
         except NoScriptError:  # the server was restarted or flushed its script cache
-            self._sha = await self.client.script_load(_LUA)
-            return await self.client.evalsha(self._sha, 0, *args)  # type: ignore[no-any-return]
+            sha = self._shas[key] = await self.client.script_load(source)
+            return await self._evalsha(sha, keys, args)
+
+    async def _evalsha(self, sha: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if self._fast is not None:
+            return await self._fast.call("EVALSHA", sha, len(keys), *keys, *args)
+        return await self.client.evalsha(sha, len(keys), *keys, *args)
+
+    async def call(self, aw: Awaitable[T], timeout: float | None = None) -> T:
+        """Await a Redis operation under the store's read timeout; StoreUnavailable on any failure or overrun."""
+        return await self._call(aw, timeout)
 
     async def upsert_items(self, items: Sequence[Item]) -> int:
         if not items:
@@ -252,8 +305,12 @@ class RedisFeatureStore:
             if item.price is None:
                 pipe.hdel(self.keys.item(item.item_id), "price")
         pipe.sadd(self.keys.catalog_index, *[i.item_id for i in items])
+        pipe.incr(self.keys.catalog_version)
         await self._call(pipe.execute(), timeout=self._write_timeout)
         return len(items)
+
+    async def catalog_version(self) -> int:
+        return int(await self._call(self.client.get(self.keys.catalog_version)) or 0)
 
     async def set_traits(self, traits: Mapping[str, Mapping[str, str]]) -> int:
         """HSET t:<name> on each person's hash; a person not seen yet gets the hash with PERSON_TTL."""
@@ -275,7 +332,7 @@ class RedisFeatureStore:
         aliases = await self._call(self.client.smembers(self.keys.person(person, "ids")))
         pipe = self.client.pipeline(transaction=True)
         pipe.exists(self.keys.person(person, "p"))
-        pipe.delete(*[self.keys.person(person, part) for part in PERSON_PARTS])
+        pipe.delete(*[self.keys.person(person, part) for part in PERSON_PARTS + OFFER_PARTS])
         for alias in aliases:
             kind, _, value = _s(alias).partition(":")  # type: ignore[union-attr]
             pipe.delete(self.keys.alias(kind, value))
@@ -322,29 +379,27 @@ class RedisFeatureStore:
         return any_id
 
     async def profile(self, any_id: str, now: float | None = None) -> Profile | None:
-        now = time.time() if now is None else now
-        person = await self.resolve(any_id)
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hgetall(k.person(person, "p"))
-        pipe.lrange(k.person(person, "r"), 0, PROFILE_RECENT - 1)
-        pipe.zrevrange(k.person(person, "ia"), 0, PROFILE_AFFINITIES - 1, withscores=True)
-        pipe.zrevrange(k.person(person, "ca"), 0, PROFILE_CATEGORIES - 1, withscores=True)
-        pipe.zrevrange(k.person(person, "b"), 0, -1, withscores=True)
-        pipe.zrevrange(k.person(person, "rt"), 0, -1, withscores=True)
-        pipe.hgetall(k.person(person, "cart"))
-        pipe.hgetall(k.person(person, "s"))
-        pipe.smembers(k.person(person, "ids"))
-        h, recent, ia, ca, bought, returned, cart, sess, ids = await self._call(pipe.execute())
-        if not h:
+        """Resolution and every part of the profile in one script call (one round trip, flat replies)."""
+        now = self.clock() if now is None else now
+        args = (self.keys.prefix, any_id, PROFILE_RECENT, PROFILE_AFFINITIES, PROFILE_CATEGORIES, PROFILE_ITEMS)
+        res = await self._call(self._eval_script("profile", args))
+        if not res or not res[0]:
             return None
-        return build_profile(person, h, recent, ia, ca, bought, returned, cart, sess, ids, now)
+        return build_profile_flat(res, now)
+
+    async def live(self, any_id: str, since: float, now: float | None = None) -> LiveFeatures | None:
+        now = self.clock() if now is None else now
+        args = (self.keys.prefix, any_id, repr(float(since)), LIVE_RECENT_SCAN, LIVE_CATEGORIES)
+        res = await self._call(self._eval_script("live", args))
+        if not res or not res[0]:
+            return None
+        return build_live(res, now)
 
     async def popular(
         self, scope: str = "all", window: Window = "pop", k: int = 100, now: float | None = None
     ) -> list[tuple[str, float]]:
         check_popular_args(window, k)
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         if window == "pop":
             rows = await self._call(self.client.zrevrange(self.keys.popular(scope), 0, k - 1, withscores=True))
             f = K.read_factor(K.POPULAR_HALF_LIFE, now)
@@ -405,6 +460,14 @@ class RedisFeatureStore:
         acked, _ = await self._call(pipe.execute(), timeout=self._write_timeout)
         return int(acked)
 
+    async def log_decisions(self, records: Sequence[DecisionRecord]) -> int:
+        if not records:
+            return 0
+        # one stream entry for the whole batch (kind "D": a msgpack array of records): the drainer expands it
+        payload = _msgpack.encode(list(records))
+        await self._call(self.client.xadd(self.keys.log, {"k": "D", "d": payload}), timeout=self._write_timeout)
+        return len(records)
+
     async def log_length(self) -> int:
         return int(await self._call(self.client.xlen(self.keys.log)))
 
@@ -463,63 +526,88 @@ def _decode_entries(res: Any) -> list[LogEntry]:
                 if b"p" in fields:  # entries written before the person id went into `d`
                     rec.person_id = _s(fields[b"p"])  # type: ignore[assignment]
                 out.append((eid, rec))  # type: ignore[arg-type]
+            elif fields[b"k"] == b"d":
+                out.append((eid, decode_decision_record(fields[b"d"])))  # type: ignore[arg-type]
+            elif fields[b"k"] == b"D":  # a batch of decisions in one entry
+                out.extend((eid, rec) for rec in decode_decision_batch(fields[b"d"]))  # type: ignore[misc]
             else:
                 out.append((eid, decode_link_record(fields[b"d"])))  # type: ignore[arg-type]
     return out
 
 
-def build_profile(
-    person: str,
-    h: Mapping[bytes, bytes],
-    recent: Sequence[bytes],
-    ia: Sequence[tuple[bytes, float]],
-    ca: Sequence[tuple[bytes, float]],
-    bought: Sequence[tuple[bytes, float]],
-    returned: Sequence[tuple[bytes, float]],
-    cart: Mapping[bytes, bytes],
-    sess: Mapping[bytes, bytes],
-    ids: set[bytes],
-    now: float,
-) -> Profile:
-    """Turn the raw replies of one pipelined read into a Profile, scores decayed to `now`."""
-    hs = {_s(a): _s(b) for a, b in h.items()}
-    counts, last_by_channel, traits = {}, {}, {}
+def _pairs(flat: Sequence[bytes]) -> list[tuple[str, float]]:
+    return [(a.decode(), float(b)) for a, b in zip(flat[0::2], flat[1::2])]
+
+
+def build_profile_flat(res: Sequence[Any], now: float) -> Profile:
+    """A Profile from the profile script's reply: [person, p, r, ia, ca, b, rt, cart, s, ids] (flat lists)."""
+    person, h, recent, ia, ca, bought, returned, cart, sess, ids = res
+    hs = {a.decode(): b.decode() for a, b in zip(h[0::2], h[1::2])}
+    counts: dict[str, int] = {}
+    last_by_channel: dict[str, float] = {}
+    traits: dict[str, str] = {}
     for f, v in hs.items():
-        assert f is not None and v is not None
-        if f.startswith("cnt:"):
+        c = f[:2]
+        if c == "cn" and f.startswith("cnt:"):
             counts[f[4:]] = int(v)
-        elif f.startswith("ls:"):
+        elif c == "ls" and f.startswith("ls:"):
             last_by_channel[f[3:]] = float(v)
-        elif f.startswith("t:"):
+        elif c == "t:":
             traits[f[2:]] = v
     fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
-    recents = sorted((_recent_decoder.decode(b) for b in recent), key=lambda r: -r.ts)
+    recents = _recent_list_decoder.decode(b"[" + b",".join(recent) + b"]") if recent else []
+    recents.sort(key=lambda r: -r.ts)
     session = None
     if sess:
-        ss = {_s(a): _s(b) for a, b in sess.items()}
+        ss = {a.decode(): b.decode() for a, b in zip(sess[0::2], sess[1::2])}
         started = float(ss.get("started") or 0)
-        session = Session(
-            session_id=ss.get("id") or "",
-            started=started,
-            last=float(ss.get("last") or 0),
-            items=session_items(recents, started),
-        )
+        session = Session(session_id=ss.get("id") or "", started=started, last=float(ss.get("last") or 0),
+                          items=session_items(recents, started))
     return Profile(
-        customer_id=person,
-        linked_ids=sorted(_s(i) for i in ids),  # type: ignore[type-var]
+        customer_id=person.decode(),
+        linked_ids=sorted(i.decode() for i in ids),
         first_seen=float(hs["first"]) if hs.get("first") else None,
         last_seen=float(hs["last"]) if hs.get("last") else None,
         country=hs.get("country"),
         counts=counts,
         last_seen_by_channel=last_by_channel,
         recent=recents,
-        item_affinity=[(_s(i), s * fa) for i, s in ia],  # type: ignore[misc]
-        category_affinity=[(_s(c), s * fa) for c, s in ca],  # type: ignore[misc]
-        purchased={_s(i): s for i, s in bought},  # type: ignore[misc]
-        returned={_s(i): s for i, s in returned},  # type: ignore[misc]
-        cart={_s(i): int(q) for i, q in cart.items()},  # type: ignore[misc]
+        item_affinity=[(i, s * fa) for i, s in _pairs(ia)],
+        category_affinity=[(c, s * fa) for c, s in _pairs(ca)],
+        purchased=dict(_pairs(bought)),
+        returned=dict(_pairs(returned)),
+        cart={a.decode(): int(b) for a, b in zip(cart[0::2], cart[1::2])},
         session=session,
         monetary=float(hs.get("monetary") or 0.0),
         orders=int(hs.get("orders") or 0),
         traits=traits,
+    )
+
+
+def build_live(res: Sequence[Any], now: float) -> LiveFeatures:
+    """LiveFeatures from the live script's reply: [person, p, b, b_since, rt, cart, s, r, ca]."""
+    person, h, bought, since, returned, cart, sess, recent, ca = res
+    hs = {a.decode(): b.decode() for a, b in zip(h[0::2], h[1::2])}
+    traits = {f[2:]: v for f, v in hs.items() if f[:2] == "t:"}
+    session_ids: list[str] = []
+    if sess:
+        ss = {a.decode(): b.decode() for a, b in zip(sess[0::2], sess[1::2])}
+        last = float(ss.get("last") or 0)
+        if recent and now - last <= K.SESSION_TTL:
+            recents = _recent_list_decoder.decode(b"[" + b",".join(recent) + b"]")
+            recents.sort(key=lambda r: -r.ts)
+            session_ids = session_items(recents, float(ss.get("started") or 0))
+    fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
+    return LiveFeatures(
+        person=person.decode(),
+        country=hs.get("country"),
+        orders=int(hs.get("orders") or 0),
+        events=int(hs.get("n") or 0),
+        traits=traits,
+        purchased=[b.decode() for b in bought],
+        purchased_since=dict(_pairs(since)),
+        returned=sorted(b.decode() for b in returned),
+        cart=[b.decode() for b in cart],
+        session_items=session_ids,
+        category_affinity=[(c, s * fa) for c, s in _pairs(ca)],
     )

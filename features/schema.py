@@ -211,6 +211,28 @@ class Profile(Struct, omit_defaults=True):
     traits: dict[str, str] = {}  # published by offline jobs: segment, cluster, churn_risk, cltv, consent_*
 
 
+class LiveFeatures(Struct, omit_defaults=True):
+    """The slice of a profile a decision needs (recommendations, offers), read in one cheap round trip.
+
+    Agrees with `Profile` for the same person and time: a test checks both adapters against their profile()."""
+
+    person: str  # the canonical id
+    country: str | None = None
+    orders: int = 0  # purchase events
+    events: int = 0  # all events
+    traits: dict[str, str] = {}
+    purchased: list[str] = []  # every purchased item, most recent first (ties: by id, descending)
+    purchased_since: dict[str, float] = {}  # items last purchased at or after `since`, with that time
+    returned: list[str] = []
+    cart: list[str] = []
+    session_items: list[str] = []  # items touched in the open session, most recent first; [] when none is open
+    category_affinity: list[tuple[str, float]] = []  # decayed to read time, best first
+
+
+LIVE_RECENT_SCAN = 20  # recent events scanned for the session's items
+LIVE_CATEGORIES = 20
+
+
 # ---- the offline log row: one flat record per accepted event ----
 
 
@@ -314,6 +336,44 @@ def decode_events(body: bytes) -> list[Event]:
 
 def as_builtins(obj: Any) -> Any:
     return msgspec.to_builtins(obj)
+
+
+class DecisionRecord(Struct, array_like=True):
+    """One served answer, logged for attribution, A/B analysis and off-policy evaluation (decision_id joins it to
+    the exposure and outcome events that carry the same decision_id). `entries` is JSON: a list of objects with at
+    least `id`, `score` and, for offers, `p` (the probability with which the policy chose it)."""
+
+    decision_id: str
+    ts: float
+    surface: str  # recommendations | similar | content | offers | export
+    channel: str
+    person_id: str  # canonical person at decision time ("" for item-only surfaces)
+    customer_id: str | None = None  # the id the caller asked with
+    model: str | None = None  # "<registered model>@<version>", or None for a rule-only answer
+    policy: str | None = None  # how the entries were chosen (e.g. "greedy", "explore"), later the A/B variant
+    degraded: bool = False
+    entries: str = "[]"
+    context: str | None = None  # JSON of request parameters (k, slot, context_item ...)
+
+
+DECISION_COLUMNS: tuple[str, ...] = DecisionRecord.__struct_fields__
+_decision_decoder = msgspec.msgpack.Decoder(DecisionRecord)
+
+
+def encode_decision_record(rec: DecisionRecord) -> bytes:
+    return _log_encoder.encode(rec)
+
+
+def decode_decision_record(data: bytes) -> DecisionRecord:
+    return _decision_decoder.decode(data)
+
+
+_decision_batch_decoder = msgspec.msgpack.Decoder(list[DecisionRecord])
+
+
+def decode_decision_batch(data: bytes) -> list[DecisionRecord]:
+    """A stream entry of kind "D": several decisions written in one XADD."""
+    return _decision_batch_decoder.decode(data)
 
 
 class LinkRecord(Struct, array_like=True):

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
-from features.schema import Event, IngestResult, Item, LinkRecord, LogRecord, Profile
+from features.clock import Clock
+from features.schema import DecisionRecord, Event, IngestResult, Item, LinkRecord, LiveFeatures, LogRecord, Profile
 
 Window = Literal["pop", "trend"]
 # An offline-log entry as read from the stream: (entry id, record).
-LogEntry = tuple[str, LogRecord | LinkRecord]
+LogEntry = tuple[str, LogRecord | LinkRecord | DecisionRecord]
 
 
 class StoreUnavailable(Exception):
@@ -23,6 +24,7 @@ class StoreUnavailable(Exception):
 @runtime_checkable
 class FeatureStore(Protocol):
     backend: str  # "redis" or "memory"
+    clock: Clock  # where "now" comes from when a call does not pass one
 
     async def ping(self) -> bool: ...
 
@@ -37,6 +39,10 @@ class FeatureStore(Protocol):
 
     async def get_items(self, item_ids: Sequence[str]) -> dict[str, Item]: ...
 
+    async def catalog_version(self) -> int:
+        """A number that changes whenever the catalog does (0 before the first upsert)."""
+        ...
+
     async def item_ids(self) -> list[str]:
         """Every catalog item id (from the catalog index set)."""
         ...
@@ -47,6 +53,11 @@ class FeatureStore(Protocol):
 
     async def profile(self, any_id: str, now: float | None = None) -> Profile | None:
         """The live profile, affinities decayed to `now`; None when nothing is known. One round trip after resolve."""
+        ...
+
+    async def live(self, any_id: str, since: float, now: float | None = None) -> LiveFeatures | None:
+        """What a decision needs of a person (see LiveFeatures), in one round trip; None when nothing is known.
+        `since`: purchases at or after it come with their time (cool-downs)."""
         ...
 
     async def popular(
@@ -66,6 +77,10 @@ class FeatureStore(Protocol):
     async def erased_ids(self) -> set[str]: ...
 
     # ---- the offline log (a Redis Stream with a consumer group in production) ----
+
+    async def log_decisions(self, records: Sequence[DecisionRecord]) -> int:
+        """Append served decisions to the offline log (drained to decisions/date=.../*.parquet). One round trip."""
+        ...
 
     async def log_read(self, group: str, consumer: str, count: int, block_ms: int = 0) -> list[LogEntry]:
         """New entries for this consumer (creates the group on first use)."""

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from features.bundle import save_bundle
@@ -204,6 +206,20 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
                              evaluate(champion, train, test, protocol="new")))
         bar.update()
 
+    # What is served: the evaluated configuration and trees, with its item neighbours, factors and statistics refit on
+    # every interaction up to the end of the data (so items and customers after the split are known), and each
+    # customer's ranked candidates precomputed from their full history.
+    serve_until = float(ds.events["ts"].max()) + 1.0
+    t_serve = time.perf_counter()
+    with tqdm(total=2, desc="recommender: serving bundle", disable=not cfg.progress) as bar:
+        serve_train = build_trainset(ds, serve_until, weights=weights, half_life_days=half_life)
+        champion.fit(serve_train)
+        bar.update()
+        top_items, top_scores = serving_candidates(champion, SERVE_TOP)
+        bar.update()
+    serve_s = time.perf_counter() - t_serve
+    log.info("recommender: serving bundle (refit + %d customers' candidates) in %.1f s", len(top_items), serve_s)
+
     cand = rows[-1]
     metrics = {
         "ndcg_at_10_all": cand.all.ndcg, "ndcg_at_10_new": cand.new.ndcg,
@@ -228,6 +244,7 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
     with training_run(FAMILY, params, ds.fingerprint, {"source": ds.source, "model": CHAMPION}) as run:
         mlflow.log_metrics(metrics)
         mlflow.log_metrics({"beats_best_baseline": float(beats), "best_baseline_ndcg_at_10_all": best_all,
+                            "serving_bundle_seconds": serve_s,
                             "best_baseline_ndcg_at_10_new": best_new,
                             **{f"validation.{k}": v for k, v in champion.validation.items()}})
         for r in rows:
@@ -237,24 +254,65 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
         log_figure(fig, "ndcg_at_k.png")
         fig.clf()
         with tempfile.TemporaryDirectory() as d:
-            save_recommender_bundle(Path(d), champion, train, metrics)
+            save_recommender_bundle(Path(d), champion, serve_train, metrics, top_items, top_scores, split)
             log_bundle(Path(d))
         promotion = register_and_promote(FAMILY, run.info.run_id, "bundle", metrics, force=cfg.force, client=client)
     return RecommenderResult(rows, params, promotion, ds.fingerprint, metrics, run.info.run_id, beats)
 
 
-def save_recommender_bundle(directory: Path, model: Reranker, train: TrainSet, metrics: dict[str, float]) -> Path:
-    """The artifact the service loads: numpy arrays + JSON id maps, scored by features.scoring.RerankModel."""
+SERVE_TOP = 100  # precomputed candidates per customer in the serving bundle
+
+
+def serving_candidates(model: Reranker, n: int, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Every training customer's top-n items by the re-ranker (int32 item indices, -1 pads) and their log-odds.
+
+    The candidates and features are features.scoring's; the trees are scored by scikit-learn's compiled predictor
+    (the same trees the bundle holds as arrays; a test checks both agree), which is much faster in bulk.
+    """
+    users = np.arange(model.train.n_users)
+    items = np.full((len(users), n), -1, dtype=np.int32)
+    scores = np.full((len(users), n), np.nan, dtype=np.float32)
+    clf = model.classifiers.get("all")
+    for start in range(0, len(users), batch):
+        us = users[start : start + batch]
+        cand = model.model.candidates(model.history(us), model.train.split_ts, new_only=False)
+        if not len(cand.rows):
+            continue
+        with threadpool_limits(1, user_api="openmp"):
+            raw = clf.decision_function(cand.x) if clf is not None else model.model.ranker_all.raw(cand.x)
+        order = np.lexsort((cand.items, -raw, cand.rows))  # by user, best first, ties by item index
+        rows, its, vals = cand.rows[order], cand.items[order], raw[order]
+        first = np.r_[0, np.nonzero(np.diff(rows))[0] + 1]
+        rank = np.arange(len(rows)) - np.repeat(first, np.diff(np.r_[first, len(rows)]))
+        keep = rank < n
+        items[start + rows[keep], rank[keep]] = its[keep]
+        scores[start + rows[keep], rank[keep]] = vals[keep]
+    return items, scores
+
+
+def save_recommender_bundle(directory: Path, model: Reranker, train: TrainSet, metrics: dict[str, float],
+                            top_items: np.ndarray | None = None, top_scores: np.ndarray | None = None,
+                            evaluated_split: float | None = None) -> Path:
+    """The artifact the service loads: numpy arrays + JSON id maps, scored by features.scoring.RerankModel.
+
+    `top_items`/`top_scores` (users x n): each customer's precomputed candidates, so a request for a known customer
+    needs no tree traversal; `user_purchases` lets the service see when a customer has bought since.
+    """
     comp = model.components
     arrays = {
         **model.model.arrays(),
         "user_factors": comp.user_factors,
         "popularity": comp.popularity,
+        "user_purchases": np.asarray(train.purchases.sum(axis=1)).ravel().astype(np.float32),
     }
+    if top_items is not None and top_scores is not None:
+        arrays["user_top_items"] = top_items
+        arrays["user_top_scores"] = top_scores
     meta = {
         "family": FAMILY, "model": CHAMPION, "schema_version": SCHEMA_VERSION, "item_ids": train.item_ids,
         "user_ids": train.user_ids, "countries": comp.countries, "scorer": model.model.params(),
-        "params": asdict(model.params), "metrics": metrics, "trained_until": train.split_ts, "created_at": time.time(),
+        "params": asdict(model.params), "metrics": metrics, "trained_until": train.split_ts,
+        "evaluated_split": evaluated_split, "item_categories": train.item_categories, "created_at": time.time(),
     }
     return save_bundle(directory, arrays, meta)
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from features.bundle import save_bundle
 from features.redis_store import RedisFeatureStore
-from features.traits import publish_traits
+from features.offer_store import publish_and_index
 from training.config import TrainConfig
 from training.data import Dataset, is_customer, load_dataset
 from training.promote import PromotionResult, register_and_promote
@@ -268,7 +268,7 @@ def train_segments(cfg: TrainConfig, ds: Dataset | None = None) -> SegmentsResul
 async def _publish(url: str, traits: dict[str, dict[str, str]]) -> None:
     store = RedisFeatureStore.from_url(url, prefix=os.environ.get("RECSVC_REDIS_PREFIX", "rs:v1"), timeout_s=10)
     try:
-        await publish_traits(store, traits)
+        await publish_and_index(store, traits)  # traits, and the segment/consent indexes offer exports read
     finally:
         await store.close()
 

@@ -20,13 +20,14 @@ from features.offline_log import (
     CRASH_ENV,
     drain,
     read_catalog,
+    read_decisions,
     read_events,
     read_links,
     compact,
     write_batch,
 )
 from features.redis_store import RedisFeatureStore
-from features.schema import Event, Item
+from features.schema import DecisionRecord, Event, Item
 
 DAY = 86400.0
 T0 = datetime(2011, 3, 1, 10, tzinfo=timezone.utc).timestamp()
@@ -161,3 +162,27 @@ def test_any_crash_sequence_keeps_every_event_exactly_once(tmp_path_factory: pyt
     asyncio.run(run())
     on_disk = [r for f in (data_dir / "events").rglob("part-*.parquet") for r in pq.read_table(f)["event_id"].to_pylist()]
     assert sorted(on_disk) == sorted(f"e{i}" for i in range(n))
+
+
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+async def test_decisions_drain_to_their_own_dataset_once(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "redis":
+        store = RedisFeatureStore.from_url(request.getfixturevalue("redis_url"),
+                                           prefix=request.getfixturevalue("redis_prefix"), timeout_s=5)
+    else:
+        store = MemoryFeatureStore()  # type: ignore[assignment]
+    recs = [DecisionRecord(decision_id=f"d{i}", ts=T0 + i * DAY / 2, surface="offers", channel="email",
+                           person_id=f"p{i % 3}", customer_id=f"p{i % 3}", model="recsvc-propensity@2",
+                           policy="greedy", entries='[{"id": "o1", "score": 0.5, "p": 0.9}]') for i in range(6)]
+    assert await store.log_decisions(recs) == 6
+    await store.log_decisions(recs[:2])  # a retried write: read back once
+    await store.ingest(events(3))
+    report = await drain(store, tmp_path)
+    assert report.decisions == 8 and report.events == 3
+    table = read_decisions(tmp_path)
+    assert table["decision_id"].to_pylist() == [f"d{i}" for i in range(6)]
+    assert table["entries"][0].as_py() == '[{"id": "o1", "score": 0.5, "p": 0.9}]'
+    assert read_decisions(tmp_path, T0 + DAY, T0 + 2 * DAY)["decision_id"].to_pylist() == ["d2", "d3"]
+    (tmp_path / "erased.txt").write_text("p1\n", encoding="utf-8")
+    assert "d1" not in read_decisions(tmp_path)["decision_id"].to_pylist()
+    await store.close()

@@ -19,7 +19,7 @@ from features import keys as K
 from features.keys import Keys
 from features.memory_store import MemoryFeatureStore
 from features.redis_store import RedisFeatureStore
-from features.schema import Event, EventContext, Item, LinkRecord, LogRecord, decode_log_record
+from features.schema import LiveFeatures, Profile, Event, EventContext, Item, LinkRecord, LogRecord, decode_log_record
 from features.store import FeatureStore, StoreUnavailable
 
 NOW = time.time()
@@ -203,7 +203,7 @@ async def test_redis_keys_are_exactly_the_layout_and_carry_their_ttls(redis_url:
     ttl_of |= {k.item_stats("A"): K.ITEM_STATS_TTL, k.item_stats("B"): K.ITEM_STATS_TTL}
     trend_end = (hour + 1) * K.HOUR + K.TRENDING_KEEP - time.time()
     ttl_of |= {k.trending(scope, hour): trend_end for scope in ("all", "ch:web", "ch:app", "co:UK")}
-    no_ttl = {k.item("A"), k.catalog_index, k.log} | {k.popular(x) for x in ("all", "ch:web", "ch:app", "co:UK")}
+    no_ttl = {k.item("A"), k.catalog_index, k.catalog_version, k.log} | {k.popular(x) for x in ("all", "ch:web", "ch:app", "co:UK")}
     r = syncredis.Redis.from_url(redis_url)
     try:
         found = {key.decode() for key in r.scan_iter(match=f"{redis_prefix}:*", count=1000)}
@@ -451,6 +451,11 @@ async def test_both_adapters_give_equal_profiles_popularity_and_logs(redis_url: 
             assert_same(msgspec.to_builtins(a), msgspec.to_builtins(b), any_id)
             merged += a is not None and any(x.startswith("anonymous:") for x in a.linked_ids)
         assert merged >= 2  # the planted logins did merge anonymous histories
+        since = NOW - 30 * K.DAY
+        for any_id in ids:
+            la, lb = await mem.live(any_id, since, now=NOW), await red.live(any_id, since, now=NOW)
+            assert_same(msgspec.to_builtins(la), msgspec.to_builtins(lb), f"live {any_id}")
+            check_live_matches_profile(la, await mem.profile(any_id, now=NOW), since, NOW)
         for scope in ("all", "ch:web", "co:UK", "co:FR"):
             for window in ("pop", "trend"):
                 assert_same(await mem.popular(scope, window, now=NOW), await red.popular(scope, window, now=NOW),
@@ -463,6 +468,38 @@ async def test_both_adapters_give_equal_profiles_popularity_and_logs(redis_url: 
         await red.close()
 
 
+def check_live_matches_profile(live: LiveFeatures | None, p: Profile | None, since: float, now: float) -> None:
+    """The lean decision read says what the profile says."""
+    assert (live is None) == (p is None)
+    if live is None or p is None:
+        return
+    assert live.person == p.customer_id and live.country == p.country and live.orders == p.orders
+    assert live.traits == p.traits and set(live.cart) == set(p.cart) and sorted(p.returned) == live.returned
+    assert live.purchased == [i for i, _ in sorted(p.purchased.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
+    assert live.purchased_since == {i: ts for i, ts in p.purchased.items() if ts >= since}
+    assert_same(live.category_affinity, p.category_affinity, "category_affinity")
+    open_session = p.session is not None and now - p.session.last <= K.SESSION_TTL
+    assert live.session_items == (p.session.items if open_session and p.session else [])
+
+
+async def test_live_read_of_a_session_cart_and_cooldown(store: FeatureStore) -> None:
+    await store.upsert_items([Item(item_id="A", categories=["kitchen"]), Item(item_id="B", categories=["garden"])])
+    s = EventContext(session_id="s1", country="UK")
+    await store.ingest([ev("purchase", "B", ts=NOW - 40 * K.DAY, event_id="l0"),
+                        ev("purchase", "A", ts=NOW - 3 * K.DAY, event_id="l1"),
+                        ev("view", "B", ts=NOW - 60, event_id="l2", context=s),
+                        ev("add_to_cart", "A", ts=NOW - 30, event_id="l3", context=s)], now=NOW)
+    live = await store.live("c1", NOW - 7 * K.DAY, now=NOW)
+    assert live is not None and live.person == "c1" and live.country == "UK" and live.orders == 2
+    assert live.purchased == ["A", "B"] and list(live.purchased_since) == ["A"]
+    assert math.isclose(live.purchased_since["A"], NOW - 3 * K.DAY, abs_tol=1e-3)
+    assert live.cart == ["A"] and live.session_items == ["A", "B"]
+    assert [c for c, _ in live.category_affinity] == ["kitchen", "garden"]
+    later = await store.live("c1", NOW - 7 * K.DAY, now=NOW + K.SESSION_TTL + 1)
+    assert later is not None and later.session_items == []  # the session closed
+    assert await store.live("nobody", NOW) is None
+
+
 # ---- Redis failure modes ----
 
 
@@ -470,9 +507,9 @@ async def test_redis_reloads_a_script_the_server_forgot(redis_url: str, redis_pr
     s = RedisFeatureStore.from_url(redis_url, prefix=redis_prefix, timeout_s=2.0)
     try:
         await s.ingest([ev("view", "A", event_id="n1")], now=NOW)
-        s._sha = "0" * 40  # what SCRIPT FLUSH or a restart does to a cached sha (without flushing a shared server)
+        s._shas["ingest"] = "0" * 40  # what SCRIPT FLUSH or a restart does to a cached sha (without flushing a shared server)
         assert (await s.ingest([ev("view", "A", event_id="n2")], now=NOW)).accepted == 1
-        assert s._sha != "0" * 40
+        assert s._shas["ingest"] != "0" * 40
         p = await s.profile("c1", now=NOW)
         assert p is not None and p.counts["type:view"] == 2
     finally:
@@ -525,3 +562,29 @@ def test_timeout_must_be_positive() -> None:
         RedisFeatureStore.from_url("redis://127.0.0.1:6379/15", timeout_s=0)
     with pytest.raises(ValueError, match="max_connections"):
         RedisFeatureStore.from_url("redis://127.0.0.1:6379/15", max_connections=0)
+
+
+async def test_catalog_version_moves_with_every_upsert(store: FeatureStore) -> None:
+    before = await store.catalog_version()
+    await store.upsert_items([Item(item_id="V1")])
+    once = await store.catalog_version()
+    await store.upsert_items([Item(item_id="V1", available=False)])
+    assert before < once < await store.catalog_version()
+
+
+async def test_erase_removes_the_offer_state_too(redis_url: str, redis_prefix: str) -> None:
+    s = RedisFeatureStore.from_url(redis_url, prefix=redis_prefix, timeout_s=2.0)
+    try:
+        await s.ingest([ev("view", "A", event_id="x1")], now=NOW)
+        k = Keys(redis_prefix)
+        r = syncredis.Redis.from_url(redis_url)
+        for part in ("ol", "oo"):
+            r.zadd(k.person("c1", part), {"d1\x1fo1": NOW})
+        r.hset(k.person("c1", "os"), "ver", 3)
+        r.hset(k.person("c1", "ox"), "exp1", "line")
+        assert await s.erase("c1")
+        left = [key.decode() for key in r.scan_iter(match=f"{redis_prefix}:c:*", count=1000)]
+        assert left == []
+        r.close()
+    finally:
+        await s.close()

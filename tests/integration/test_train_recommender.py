@@ -16,7 +16,9 @@ from mlflow import MlflowClient
 from features.bundle import load_bundle
 from features.offline_log import EVENT_SCHEMA
 from features.scoring import History, RerankModel, recommend
+from recsvc.recommend import LiveHistory, ServingRecommender
 from training.cli import main
+from training.data import to_ts
 from training.config import load_config
 from training.promote import load_champion
 from training.recommender import train_recommender
@@ -114,6 +116,31 @@ def test_train_register_promote_reproduce(log_file: Path, tmp_path: Path, capsys
     assert [items[i] for i in top[:, 0]] == ["a3", "b7"]
     new = recommend(model, h, meta["trained_until"], k=3, new_only=True)
     assert all(items[i][0] == "a" for i in new[0]) and all(items[i][0] == "b" for i in new[1])
+
+    # the serving bundle: refit on all the data, each customer's candidates precomputed, in the order the numpy
+    # scorer gives them (the precomputation used scikit-learn's predictor on the same trees)
+    rec = ServingRecommender.from_bundle(arrays, meta)
+    assert meta["trained_until"] > to_ts("2011-10-08") and meta["evaluated_split"] == to_ts("2011-09-20")
+    users = meta["user_ids"]
+    tops = arrays["user_top_items"]
+    assert tops.shape == (len(users), 100) and (tops[:, 0] >= 0).all()
+    for u in ("u3", "u10", "u41"):
+        pre = rec.precomputed(u)
+        assert pre is not None
+        habit = f"{'ab'[int(u[1:]) % 2]}{int(u[1:]) % 12}"
+        assert next(iter(pre[0])) == habit  # each customer's habit leads
+    # numpy trees and scikit-learn agree on the ranking for a few customers
+    ev = pq.read_table(log_file).to_pandas()
+    for u in ("u3", "u10"):
+        mine = ev[ev["customer_id"] == u]
+        counts = mine.groupby("item_id").size()
+        lasts = mine.groupby("item_id")["ts"].max()
+        decay = np.power(2.0, -(meta["trained_until"] - mine["ts"]) / (120 * DAY))  # as training weighs events
+        interest = (5.0 * decay).groupby(mine["item_id"]).sum()
+        hist = LiveHistory({i: float(interest[i]) for i in interest.index},
+                           {i: (float(counts[i]), float(lasts[i])) for i in counts.index}, mine["country"].iloc[0])
+        live = rec.score_live(hist, meta["trained_until"], n=10)
+        assert list(live)[:5] == list(rec.precomputed(u)[0])[:5]  # type: ignore[index]
 
 
 def test_bad_input_is_a_clear_error(log_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -146,6 +146,7 @@ class Reranker:
     def __init__(self, params: RerankParams | None = None) -> None:
         self.params = params or RerankParams()
         self.rankers: dict[str, TreeEnsemble] = {}
+        self.classifiers: dict[str, HistGradientBoostingClassifier] = {}
         self.validation: dict[str, float] = {}
 
     def fit_ranker(self, windows: Sequence[Window]) -> None:
@@ -180,6 +181,7 @@ class Reranker:
             with threadpool_limits(1, user_api="openmp"):
                 clf.fit(x, y)
             self.rankers[proto] = export_trees(clf)
+            self.classifiers[proto] = clf  # the same trees, scored by scikit-learn's compiled predictor in bulk
             self.validation[f"{proto}.rows"] = float(len(y))
             self.validation[f"{proto}.positives"] = float(positives[proto])
             self.validation[f"{proto}.candidate_recall"] = float(y.sum() / max(positives[proto], 1))

@@ -1,0 +1,43 @@
+-- recsvc profile read: resolve any id to its person and return every part of the live profile, in one round trip.
+-- Read-only (EVALSHA_RO-safe). Key names follow features/keys.py.
+--
+-- ARGV[1] prefix, ARGV[2] the id asked for, ARGV[3] recent events to return, ARGV[4] item affinities,
+-- ARGV[5] category affinities, ARGV[6] purchased/returned items (most recent first)
+-- Returns {person, p (flat HGETALL), r (LRANGE), ia, ca, b, rt (flat ZREVRANGE WITHSCORES), cart, s (flat HGETALL),
+-- ids (SMEMBERS)}; person is "" when nothing is known. Scores stay strings (Lua would truncate them to integers).
+--
+-- Resolution, as RedisFeatureStore.resolve: a person of that name; else the person an anonymous/device/email alias
+-- of that value points to; else an anonymous person of that name ("anonymous:abc"); else nobody.
+
+local P, id = ARGV[1], ARGV[2]
+local function pkey(person, part) return P .. ":c:{" .. person .. "}:" .. part end
+
+local person = nil
+if redis.call("EXISTS", pkey(id, "p")) == 1 then person = id end
+if not person then
+  for _, kind in ipairs({"anonymous", "device", "email"}) do
+    local owner = redis.call("GET", P .. ":id:{" .. kind .. ":" .. id .. "}")
+    if owner then person = owner; break end
+  end
+end
+if not person then
+  for _, kind in ipairs({"anonymous", "device", "email"}) do
+    if redis.call("EXISTS", pkey(kind .. ":" .. id, "p")) == 1 then person = kind .. ":" .. id; break end
+  end
+end
+if not person then return {""} end
+local h = redis.call("HGETALL", pkey(person, "p"))
+if #h == 0 then return {""} end
+local n = tonumber(ARGV[6]) - 1
+return {
+  person,
+  h,
+  redis.call("LRANGE", pkey(person, "r"), 0, tonumber(ARGV[3]) - 1),
+  redis.call("ZREVRANGE", pkey(person, "ia"), 0, tonumber(ARGV[4]) - 1, "WITHSCORES"),
+  redis.call("ZREVRANGE", pkey(person, "ca"), 0, tonumber(ARGV[5]) - 1, "WITHSCORES"),
+  redis.call("ZREVRANGE", pkey(person, "b"), 0, n, "WITHSCORES"),
+  redis.call("ZREVRANGE", pkey(person, "rt"), 0, n, "WITHSCORES"),
+  redis.call("HGETALL", pkey(person, "cart")),
+  redis.call("HGETALL", pkey(person, "s")),
+  redis.call("SMEMBERS", pkey(person, "ids")),
+}
