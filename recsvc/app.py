@@ -12,33 +12,72 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from features.clock import Clock
 from features.store import FeatureStore
 from recsvc.controllers.customers import CustomersController
 from recsvc.controllers.ingest import CatalogController, EventsController
-from recsvc.controllers.ops import health, ready
+from recsvc.content_service import ContentService
+from recsvc.controllers.content import ContentCatalogController, CustomerContentController
+from recsvc.controllers.ops import health, metrics_route, ready
+from recsvc.controllers.recommendations import AdminController, RecommendationsController
+from recsvc.controllers.offers import ROUTES as OFFER_ROUTES
 from recsvc.errors import EXCEPTION_HANDLERS
 from recsvc.lifespan import Services, lifespan
+from recsvc.models import ModelRegistry
+from recsvc.ratelimit import default_limiter
 from recsvc.logging import configure_logging
 from recsvc.security import KeyRing, RateLimiter, scope_guard
 from recsvc.settings import Settings
+from recsvc.telemetry import RequestTelemetry, Scrape
 
 log = logging.getLogger("recsvc.app")
 
+# Every route of the service, grouped by resource.
+ROUTES = [EventsController, CatalogController, CustomersController, RecommendationsController, AdminController,
+          ContentCatalogController, CustomerContentController, health, ready]
+ROUTES += OFFER_ROUTES
 
-def create_app(settings: Settings, store: FeatureStore | None = None, *, rate_limiter: RateLimiter | None = None) -> Litestar:
+
+def create_app(
+    settings: Settings,
+    store: FeatureStore | None = None,
+    *,
+    models: ModelRegistry | None = None,
+    clock: Clock | None = None,
+    rate_limiter: RateLimiter | None = None,
+) -> Litestar:
     """Build the service. Pass `store` to use one you own (tests, the demo); otherwise the lifespan opens and closes
-    one. Raises `security.ConfigError` (refuses to start) when no API key is configured and access is not open."""
+    one. `models`: a registry you filled yourself (tests); otherwise champions load from MLflow at start. `clock`:
+    the service's now (default: the settings' clock). Raises `security.ConfigError` (refuses to start) when no API
+    key is configured and access is not open."""
     configure_logging(settings.log_json)
     keyring = KeyRing.from_config(settings.api_keys, settings.api_keys_file, settings.open_access)
     if settings.open_access:
         log.warning("OPEN ACCESS: RECSVC_OPEN=true, every request gets every scope without an API key (local demo only)")
-    services = Services(settings=settings, store=store, owns_store=store is None)
-    return Litestar(
-        route_handlers=[EventsController, CatalogController, CustomersController, health, ready],
-        dependencies={"store": Provide(services.get_store, sync_to_thread=False)},
+    services = Services(settings=settings, store=store, owns_store=store is None, models=models,
+                        clock=clock or (store.clock if store is not None else settings.clock()))
+    content = ContentService(services.get_store, services.get_models, services.get_decisions, settings.content_slots,
+                             settings.content_refresh_s)
+    if rate_limiter is None and not settings.open_access:  # per key, in the store: shared by workers and replicas
+        rate_limiter = default_limiter(settings.rate_limit_per_minute, settings.rate_limits, lambda: services.store,
+                                       {digest[:12].decode() for digest, _ in keyring.keys})
+    scrape = Scrape(services.get_models, services.get_decisions, lambda: content.size)
+    app = Litestar(
+        route_handlers=[*ROUTES, metrics_route(scrape, settings.metrics_admin)],
+        dependencies={
+            "store": Provide(services.get_store, sync_to_thread=False),
+            "models": Provide(services.get_models, sync_to_thread=False),
+            "clock": Provide(services.get_clock, sync_to_thread=False),
+            "decisions": Provide(services.get_decisions, sync_to_thread=False),
+            "offers": Provide(services.get_offers, sync_to_thread=False),
+            "recs": Provide(services.get_recs, sync_to_thread=False),
+            "content": Provide(content.provide, sync_to_thread=False),
+        },
         guards=[scope_guard(keyring, rate_limiter)],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan(services)],
+        on_startup=[content.warm],
+        on_shutdown=[content.close],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="recsvc",
@@ -50,6 +89,9 @@ def create_app(settings: Settings, store: FeatureStore | None = None, *, rate_li
         ),
         debug=False,
     )
+    # outermost, around routing: every request is timed and gets an X-Request-ID, unmatched ones (404, 405) included
+    app.asgi_handler = scrape.requests = RequestTelemetry(app.asgi_handler, settings.slow_request_ms / 1000.0)
+    return app
 
 
 def app_from_env() -> Litestar:

@@ -16,8 +16,11 @@ import sys
 from pathlib import Path
 
 from features.importers import ImportReport, import_events, import_online_retail
+from features.offer_store import offer_store_for, publish_and_index
 from features.offline_log import drain
 from features.store import FeatureStore
+from recsvc.ips import parser as ips_parser
+from recsvc.ips import run as ips_run
 from recsvc.lifespan import open_store
 from recsvc.logging import configure_logging
 from recsvc.security import ConfigError
@@ -45,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--skip-train", action="store_true")
+    offers = sub.add_parser("offers", help="next-best-offer tools (see `recsvc offers --help`)")
+    offers_sub = offers.add_subparsers(dest="offers_cmd", required=True)
+    ips_parser(offers_sub.add_parser("evaluate", help="IPS and SNIPS estimate of a target policy from the offline log"))
+    offers_sub.add_parser("index", help="rebuild the segment and consent audience indexes from published traits")
     return p
 
 
@@ -55,7 +62,7 @@ async def _import(store: FeatureStore, kind: str, path: Path, batch_size: int) -
 
 
 async def _import_and_drain(settings: Settings, kind: str, path: Path, batch_size: int) -> int:
-    store = open_store(settings)
+    store = open_store(settings, settings.clock())
     try:
         report = await _import(store, kind, path, batch_size)
         print(report.summary())
@@ -68,7 +75,7 @@ async def _import_and_drain(settings: Settings, kind: str, path: Path, batch_siz
 
 
 async def _drain(settings: Settings, follow: bool) -> int:
-    store = open_store(settings)
+    store = open_store(settings, settings.clock())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     if follow:  # Ctrl-C / SIGTERM finish the batch in hand, then report
@@ -104,13 +111,13 @@ async def _publish_segments(store: FeatureStore, settings: Settings) -> int:
     import mlflow
 
     from features.bundle import load_bundle
-    from features.traits import publish_traits, traits_from_bundle
+    from features.traits import traits_from_bundle
 
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     version = client.get_model_version_by_alias("recsvc-segments", "champion")
     path = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=settings.tracking_uri)
     arrays, meta = load_bundle(Path(path))
-    return await publish_traits(store, traits_from_bundle(arrays, meta))
+    return await publish_and_index(store, traits_from_bundle(arrays, meta))  # traits + offer audience indexes
 
 
 def _serve(settings: Settings, host: str, port: int, workers: int, store: FeatureStore | None = None) -> int:
@@ -130,10 +137,17 @@ def _serve(settings: Settings, host: str, port: int, workers: int, store: Featur
     return 0
 
 
+DEMO_AS_OF = "2011-12-10"  # the day after the bundled Online Retail data ends
+
+
 def _demo(args: argparse.Namespace) -> int:
-    settings = Settings.from_env({**os.environ, "RECSVC_OPEN": "true"})
+    # The bundled data is from 2011: the demo replays it as if it were live (recency, trending, sessions), from the
+    # day after it ends, unless RECSVC_AS_OF says otherwise.
+    env = {"RECSVC_AS_OF": DEMO_AS_OF, "RECSVC_LOG_JSON": "false", **os.environ, "RECSVC_OPEN": "true"}
+    settings = Settings.from_env(env)
     configure_logging(settings.log_json)
-    store = open_store(settings)
+    print(f"demo clock: replaying from {env['RECSVC_AS_OF']} (RECSVC_AS_OF)")
+    store = open_store(settings, settings.clock())
 
     async def load() -> None:
         report = await import_online_retail(store, BUNDLED_RETAIL)
@@ -195,7 +209,26 @@ def _run(args: argparse.Namespace) -> int:
             return 2
     if args.cmd == "drain":
         return asyncio.run(_drain(settings, args.follow))
+    if args.cmd == "offers":
+        return _offers(settings, args)
     return 2
+
+
+def _offers(settings: Settings, args: argparse.Namespace) -> int:
+    """`recsvc offers evaluate ...` (recsvc/ips.py) and `recsvc offers index`."""
+    if args.offers_cmd == "evaluate":
+        return ips_run(args, settings.data_dir)
+
+    async def reindex() -> int:
+        store = open_store(settings, settings.clock())
+        try:
+            n = await offer_store_for(store).reindex()
+        finally:
+            await store.close()
+        print(f"indexed segment and consent traits of {n} people")
+        return 0
+
+    return asyncio.run(reindex())
 
 
 if __name__ == "__main__":

@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+
+# The id of the request being served (set by recsvc.telemetry for the request's duration), added to every JSON line.
+REQUEST_ID: ContextVar[str | None] = ContextVar("recsvc_request_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,6 +28,8 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key not in out:
                 out[key] = value
+        if "request_id" not in out and (rid := REQUEST_ID.get()) is not None:
+            out["request_id"] = rid
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str)

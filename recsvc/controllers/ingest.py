@@ -11,7 +11,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from features.schema import ID_PATTERN, MAX_ITEMS_PER_UPSERT, IngestResult, Item, decode_events
 from recsvc.errors import NotFound
-from recsvc.lifespan import StoreDep
+from recsvc.lifespan import OffersDep, RecsDep, StoreDep
 
 ItemId = Annotated[str, PathParameter(pattern=ID_PATTERN, max_length=128, description="catalog item id")]
 
@@ -34,11 +34,14 @@ class EventsController(Controller):
     security = [{"apiKey": []}]
 
     @post(status_code=HTTP_202_ACCEPTED, opt={"scope": "events:write"}, summary="Ingest one event or a batch (max 1,000)")
-    async def ingest(self, request: Request, store: StoreDep) -> IngestResult:
+    async def ingest(self, request: Request, store: StoreDep, offers: OffersDep) -> IngestResult:
         """Body: one event object or a JSON array of them. All-or-nothing validation: one bad event rejects the
         request before anything is stored. Replays (same event_id) are counted as duplicates, not stored again."""
         events = decode_events(await request.body())
-        return await store.ingest(events)
+        result = await store.ingest(events)
+        # offer_* outcomes update contact ledgers and acceptance counts; once per event_id, even when retried
+        await offers.record_outcomes(events)
+        return result
 
 
 class CatalogController(Controller):
@@ -47,13 +50,16 @@ class CatalogController(Controller):
     security = [{"apiKey": []}]
 
     @put(opt={"scope": "admin"}, summary="Upsert catalog items in bulk")
-    async def upsert(self, request: Request, store: StoreDep) -> UpsertResult:
-        """Body: a JSON array of items, or {"items": [...]}; at most 10,000 per request."""
+    async def upsert(self, request: Request, store: StoreDep, recs: RecsDep) -> UpsertResult:
+        """Body: a JSON array of items, or {"items": [...]}; at most 10,000 per request. Availability changes apply
+        to this worker's next answer at once, to other workers' within RECSVC_CATALOG_REFRESH_S."""
         body = await request.body()
         items = _items_body.decode(body).items if body.lstrip()[:1] == b"{" else _items_list.decode(body)
         if len(items) > MAX_ITEMS_PER_UPSERT:
             raise msgspec.ValidationError(f"items: at most {MAX_ITEMS_PER_UPSERT} per request, got {len(items)}")
-        return UpsertResult(upserted=await store.upsert_items(items))
+        upserted = await store.upsert_items(items)
+        recs.catalog.note(items)
+        return UpsertResult(upserted=upserted)
 
     @get("/{item_id:str}", opt={"scope": "recs:read"}, summary="One catalog item")
     async def get_item(self, item_id: ItemId, store: StoreDep) -> Item:

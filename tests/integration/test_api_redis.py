@@ -18,12 +18,13 @@ A = {"Authorization": "Bearer a"}
 
 
 def settings_for(redis_url: str, prefix: str) -> Settings:
-    return Settings(redis_url=redis_url, redis_prefix=prefix, api_keys=KEYS, log_json=False, redis_timeout_s=2)
+    return Settings(load_models=False, redis_url=redis_url, redis_prefix=prefix, api_keys=KEYS, log_json=False, redis_timeout_s=2)
 
 
 def test_event_then_profile_through_redis(redis_url: str, redis_prefix: str) -> None:
     with TestClient(create_app(settings_for(redis_url, redis_prefix))) as c:  # the lifespan opens the Redis store
-        assert c.get("/ready").json() == {"status": "ready", "store": "redis"}
+        ready = c.get("/ready").json()
+        assert (ready["status"], ready["store"], ready["store_ok"], ready["missing"]) == ("ready", "redis", True, [])
         body = [{"type": "view", "channel": "app", "anonymous_id": "ck-1", "item_id": "X", "event_id": "a1"},
                 {"type": "add_to_cart", "channel": "app", "customer_id": "c7", "anonymous_id": "ck-1", "item_id": "X"}]
         r = c.post("/v1/events", json=body, headers=W)
@@ -63,14 +64,15 @@ def test_rejected_batch_writes_no_key(redis_url: str, redis_prefix: str) -> None
         assert r.status_code == 422 and r.json()["field"] == "$[50].timestamp"
     r = redis.Redis.from_url(redis_url)
     try:
-        assert list(r.scan_iter(match=f"{redis_prefix}:*", count=1000)) == []
+        # only the request's rate-limit counter (P:rl:...), no data
+        assert [k for k in r.scan_iter(match=f"{redis_prefix}:*", count=1000) if b":rl:" not in k] == []
     finally:
         r.close()
 
 
 def test_unreachable_redis_gives_503_and_accepts_nothing() -> None:
     dead = RedisFeatureStore.from_url("redis://127.0.0.1:1/0", prefix="x", timeout_s=0.2)
-    with TestClient(create_app(Settings(api_keys=KEYS, log_json=False), store=dead)) as c:
+    with TestClient(create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=dead)) as c:
         r = c.post("/v1/events", json={"type": "view", "channel": "web", "customer_id": "c", "item_id": "i"},
                    headers=W)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"

@@ -31,7 +31,7 @@ def json_lines(text: str) -> list[dict[str, object]]:
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(api_keys=KEYS, log_json=False), store=MemoryFeatureStore())) as c:
+    with TestClient(create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=MemoryFeatureStore())) as c:
         yield c
 
 
@@ -101,23 +101,23 @@ def test_refuses_to_start_on_bad_or_missing_keys(tmp_path: Path, spec: str, file
         file = tmp_path / "keys"
         file.write_text(file_text)
     with pytest.raises(ConfigError, match=message) as info:
-        create_app(Settings(api_keys=spec, api_keys_file=str(file) if file else None))
+        create_app(Settings(load_models=False, api_keys=spec, api_keys_file=str(file) if file else None))
     assert "justakey" not in str(info.value)  # a malformed secret is never echoed
 
 
 def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="RECSVC_API_KEYS_FILE: cannot read"):
-        create_app(Settings(api_keys_file=str(tmp_path / "absent")))
+        create_app(Settings(load_models=False, api_keys_file=str(tmp_path / "absent")))
 
 
 def test_open_access_warns_in_a_json_log_line_and_allows_everything(capsys: pytest.CaptureFixture[str]) -> None:
-    app = create_app(Settings(open_access=True, log_json=True), store=MemoryFeatureStore())
+    app = create_app(Settings(load_models=False, open_access=True, log_json=True), store=MemoryFeatureStore())
     warnings = [r for r in json_lines(capsys.readouterr().err) if r["level"] == "warning"]
     assert len(warnings) == 1 and "OPEN ACCESS" in str(warnings[0]["msg"]) and warnings[0]["logger"] == "recsvc.app"
     with TestClient(app) as c:
         assert c.post("/v1/events", json=EVENT).status_code == 202
         assert c.delete("/v1/customers/c1", headers=bearer("anything")).status_code == 200
-    quiet = create_app(Settings(api_keys=KEYS, log_json=True), store=MemoryFeatureStore())
+    quiet = create_app(Settings(load_models=False, api_keys=KEYS, log_json=True), store=MemoryFeatureStore())
     assert quiet and not [r for r in json_lines(capsys.readouterr().err) if r["level"] == "warning"]
 
 
@@ -128,8 +128,8 @@ def test_lifespan_opens_the_embedded_store_with_a_warning_and_closes_it(
     closed: list[MemoryFeatureStore] = []
 
     class Recording(MemoryFeatureStore):
-        def __init__(self) -> None:
-            super().__init__()
+        def __init__(self, **kw: object) -> None:
+            super().__init__(**kw)  # type: ignore[arg-type]
             opened.append(self)
 
         async def close(self) -> None:
@@ -137,10 +137,13 @@ def test_lifespan_opens_the_embedded_store_with_a_warning_and_closes_it(
             await super().close()
 
     monkeypatch.setattr(recsvc.lifespan, "MemoryFeatureStore", Recording)
-    app = create_app(Settings(api_keys=KEYS, log_json=True))
+    app = create_app(Settings(load_models=False, api_keys=KEYS, log_json=True))
     assert not opened  # nothing is opened before startup
     with TestClient(app) as c:
-        assert c.get("/ready").json() == {"status": "ready", "store": "memory"}
+        # no model loading configured: readiness needs the store only, and lists every family as not loaded
+        assert c.get("/ready").json() == {
+            "status": "ready", "store": "memory", "store_ok": True, "required": [], "missing": [],
+            "models": {"recsvc-recommender": None, "recsvc-segments": None, "recsvc-propensity": None}}
         assert c.post("/v1/events", json=EVENT, headers=bearer("writer")).status_code == 202
         assert not closed
     assert len(opened) == 1 and closed == opened
@@ -157,7 +160,7 @@ def test_a_store_handed_in_is_not_closed() -> None:
         closed.append(True)
 
     store.close = close  # type: ignore[method-assign]
-    with TestClient(create_app(Settings(api_keys=KEYS, log_json=False), store=store)) as c:
+    with TestClient(create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=store)) as c:
         assert c.get("/ready").status_code == 200
     assert not closed
 
@@ -176,7 +179,7 @@ class PerKeyBudget:
 
 def test_rate_limit_hook() -> None:
     limiter = PerKeyBudget()
-    app = create_app(Settings(api_keys=KEYS, log_json=False), store=MemoryFeatureStore(), rate_limiter=limiter)
+    app = create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=MemoryFeatureStore(), rate_limiter=limiter)
     with TestClient(app) as c:
         codes = [c.post("/v1/events", json=EVENT, headers=bearer("writer")).status_code for _ in range(3)]
         assert codes == [202, 202, 429]

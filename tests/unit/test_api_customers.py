@@ -30,7 +30,7 @@ def store() -> MemoryFeatureStore:
 
 @pytest.fixture
 async def client(store: MemoryFeatureStore) -> AsyncIterator[AsyncTestClient]:
-    async with AsyncTestClient(create_app(Settings(api_keys=KEYS, log_json=False), store=store)) as c:
+    async with AsyncTestClient(create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=store)) as c:
         yield c
 
 

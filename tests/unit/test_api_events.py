@@ -32,7 +32,7 @@ def store() -> MemoryFeatureStore:
 
 @pytest.fixture
 async def client(store: MemoryFeatureStore) -> AsyncIterator[AsyncTestClient]:
-    async with AsyncTestClient(create_app(Settings(api_keys=KEYS, log_json=False), store=store)) as c:
+    async with AsyncTestClient(create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=store)) as c:
         yield c
 
 
@@ -143,7 +143,7 @@ def test_chunked_body_over_the_limit_is_413_too(store: MemoryFeatureStore) -> No
             yield chunk + b","
         yield chunk + b"]"
 
-    with TestClient(create_app(Settings(api_keys=KEYS, log_json=False), store=store)) as c:
+    with TestClient(create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=store)) as c:
         r = c.post("/v1/events", content=body(), headers=W)
         assert r.status_code == 413, r.text
 
@@ -160,7 +160,7 @@ class FailingStore(MemoryFeatureStore):
 
 async def test_store_unavailable_is_503_with_retry_after() -> None:
     store = FailingStore()
-    async with AsyncTestClient(create_app(Settings(api_keys=KEYS, log_json=False), store=store)) as c:
+    async with AsyncTestClient(create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=store)) as c:
         r = await c.post("/v1/events", json=event(), headers=W)
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"] == "store_unavailable"

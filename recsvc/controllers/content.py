@@ -1,0 +1,67 @@
+"""Content routes: the content catalog (bulk upsert, one item) and the personalized content of one slot."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Request, get, put
+from litestar.params import Parameter, PathParameter
+
+from features.content import Content, check_slots, decode_content
+from features.schema import ID_PATTERN
+from recsvc.content import MAX_K
+from recsvc.content_service import ContentAnswer, ContentDep
+from recsvc.controllers.customers import CustomerId
+from recsvc.errors import NotFound
+
+ContentId = Annotated[str, PathParameter(pattern=ID_PATTERN, max_length=128, description="content id")]
+# Optional in the signature so that a missing one is a 400 naming it, like an unknown one (checked by the service).
+ChannelParam = Annotated[str | None, Parameter(description="required: web, app, email, sms, store, call_center, ...")]
+SlotParam = Annotated[str | None, Parameter(description="required: a configured slot (RECSVC_CONTENT_SLOTS)")]
+
+
+class ContentUpserted(msgspec.Struct):
+    upserted: int
+
+
+class ContentCatalogController(Controller):
+    path = "/v1/catalog/content"
+    tags = ["content"]
+    security = [{"apiKey": []}]
+
+    @put(opt={"scope": "admin"}, summary="Upsert content items in bulk (max 1,000)")
+    async def upsert(self, request: Request, content: ContentDep) -> ContentUpserted:
+        """Body: a JSON array of content items, or {"items": [...]}. All-or-nothing validation; every slot must be
+        one of the configured slots (RECSVC_CONTENT_SLOTS)."""
+        items, path = decode_content(await request.body())
+        check_slots(items, content.slots, path)
+        return ContentUpserted(upserted=await content.upsert(items))
+
+    @get("/{content_id:str}", opt={"scope": "recs:read"}, summary="One content item")
+    async def get_content(self, content_id: ContentId, content: ContentDep) -> Content:
+        found = await content.get(content_id)
+        if found is None:
+            raise NotFound(f"no content item {content_id!r}", "content_id")
+        return found
+
+
+class CustomerContentController(Controller):
+    path = "/v1/customers"
+    tags = ["content"]
+    security = [{"apiKey": []}]
+
+    @get("/{customer_id:str}/content", opt={"scope": "recs:read"}, summary="Personalized content for one slot")
+    async def content_for(
+        self,
+        customer_id: CustomerId,
+        content: ContentDep,
+        channel: ChannelParam = None,
+        slot: SlotParam = None,
+        k: Annotated[int, Parameter(ge=1, le=MAX_K, description="how many entries, 1..20")] = 3,
+    ) -> ContentAnswer:
+        """Eligible: available, scheduled now, offered on the channel and slot, targeted at the customer's segment (or
+        untargeted). Ranked by category affinity, segment match and priority; unknown customers get priority order.
+        When the feature store does not answer, the cached catalog is ranked as for an unknown customer and the
+        answer says `degraded: true` (never a 5xx)."""
+        return await content.recommend(customer_id, channel, slot, k)

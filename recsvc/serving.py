@@ -1,0 +1,482 @@
+"""The recommendation service: reads the live features, gathers the signals, asks recsvc.recommend to decide.
+
+Per request it costs one profile read from the store (two pipelined round trips); popularity, trending and the catalog
+come from in-process snapshots refreshed in the background, so a request never waits on them and they keep serving
+(stale) when the store is down. When the profile read fails or overruns its timeout, the answer is built from the
+model and the snapshots alone and marked `degraded`.
+
+Model scores: the champion bundle holds each known customer's ranked candidates. A customer it does not know, or who
+has bought since it was trained, is scored from the live profile by the full re-rank model in a worker thread; the
+answer in between uses what there is (the bundle's list, session and trending signals), and the next request gets the
+fresh scores from a small cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from features.clock import Clock
+from features.schema import DecisionRecord, Item, LiveFeatures, Profile
+from features.store import FeatureStore, StoreUnavailable
+from recsvc.decisions import DecisionLogger, new_decision_id
+from recsvc.metrics import DEGRADED, FALLBACKS
+from recsvc.models import RECOMMENDER, LoadedModel, ModelRegistry
+from recsvc.recommend import (
+    DAY,
+    CatalogEntry,
+    Entry,
+    LiveHistory,
+    LiveView,
+    Request,
+    ServingRecommender,
+    Signals,
+    blend,
+    scaled,
+)
+from recsvc.recommend_arrays import CatalogArrays, DenseSignals, blend_dense, dense, precomputed_dense, similarity
+from recsvc.rules import Rules
+
+log = logging.getLogger("recsvc.serving")
+
+POPULAR_TTL_S = 10.0  # snapshot age after which a background refresh starts
+CATALOG_TTL_S = 30.0
+CANDIDATES = 50  # from each popularity list (they are the weakest signals: only their head can reach the top)
+LIVE_CACHE = 20_000  # customers whose live model scores are kept
+_json = msgspec.json.Encoder()
+
+
+class Recommendation(msgspec.Struct, omit_defaults=True):
+    item_id: str
+    score: float
+    reasons: list[str]
+    title: str | None = None
+
+
+class RecommendationsAnswer(msgspec.Struct):
+    customer_id: str
+    channel: str
+    decision_id: str
+    model: str | None  # registered model name, null when no champion is loaded
+    model_version: str | None
+    degraded: bool
+    source: str  # personalized | session | popular
+    items: list[Recommendation]
+
+
+class SimilarAnswer(msgspec.Struct):
+    item_id: str
+    channel: str
+    decision_id: str
+    model: str | None
+    model_version: str | None
+    degraded: bool
+    items: list[Recommendation]
+
+
+# ---- in-process snapshots ----
+
+
+class PopularSnapshots:
+    """Top items per (scope, window) from the store, scaled so the best is 1, refreshed in the background once
+    older than `ttl_s`."""
+
+    def __init__(self, store: Callable[[], FeatureStore], ttl_s: float = POPULAR_TTL_S, k: int = CANDIDATES) -> None:
+        self._store = store
+        self.ttl_s = ttl_s
+        self.k = k
+        self._data: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
+        self._refreshing: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, scope: str, window: str) -> dict[str, float]:
+        key = (scope, window)
+        hit = self._data.get(key)
+        if hit is None:
+            try:
+                await self._fetch(key)
+            except StoreUnavailable:
+                return {}
+            return self._data.get(key, (0.0, {}))[1]
+        if time.monotonic() - hit[0] > self.ttl_s and key not in self._refreshing:
+            self._refreshing.add(key)
+            task = asyncio.create_task(self._refresh(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return hit[1]
+
+    def cached(self, scope: str, window: str) -> dict[str, float]:
+        """What the snapshot holds, however old, without asking the store (degraded mode)."""
+        hit = self._data.get((scope, window))
+        return hit[1] if hit is not None else {}
+
+    async def _fetch(self, key: tuple[str, str]) -> None:
+        rows = await self._store().popular(key[0], key[1], k=self.k)  # type: ignore[arg-type]
+        self._data[key] = (time.monotonic(), scaled(rows))
+
+    async def _refresh(self, key: tuple[str, str]) -> None:
+        try:
+            await self._fetch(key)
+        except StoreUnavailable:
+            pass  # keep the stale snapshot; retried on a later request
+        finally:
+            self._refreshing.discard(key)
+
+
+class CatalogSnapshot:
+    """Availability, categories and titles of every catalog item. Every `ttl_s` a background check reads the
+    store's catalog version and reloads the snapshot only when it moved (a reload reads the whole catalog, in
+    chunks, yielding to the event loop between them)."""
+
+    CHUNK = 2000
+
+    def __init__(self, store: Callable[[], FeatureStore], ttl_s: float = CATALOG_TTL_S) -> None:
+        self._store = store
+        self.ttl_s = ttl_s
+        self.items: dict[str, CatalogEntry] = {}
+        self.version: int | None = None
+        self.checked_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def note(self, items: list[Item]) -> None:
+        """Apply an upsert made through this process at once (other workers catch up within ttl_s)."""
+        updated = dict(self.items)
+        for it in items:
+            updated[it.item_id] = CatalogEntry(it.available, tuple(it.categories), it.title)
+        self.items = updated
+
+    async def load(self) -> None:
+        store = self._store()
+        version = await store.catalog_version()
+        ids = await store.item_ids()
+        out: dict[str, CatalogEntry] = {}
+        for start in range(0, len(ids), self.CHUNK):
+            chunk = ids[start : start + self.CHUNK]
+            for item_id, it in (await store.get_items(chunk)).items():
+                out[item_id] = CatalogEntry(it.available, tuple(it.categories), it.title)
+        self.items = out
+        self.version = version
+
+    def maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if self.checked_at is not None and now - self.checked_at <= self.ttl_s:
+            return
+        if self._task is None or self._task.done():
+            self.checked_at = now
+            self._task = asyncio.create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            if self.version is None or await self._store().catalog_version() != self.version:
+                await self.load()
+        except StoreUnavailable as exc:
+            log.warning("catalog snapshot not refreshed: %s", exc)
+
+    async def wait(self) -> None:
+        """Until a refresh in flight is done (tests, start-up)."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class LiveScores:
+    """Model scores computed from live profiles, keyed by model version and person and valid while the person's
+    purchase count is unchanged; computed off the request path (profile read, then numpy in a worker thread)."""
+
+    def __init__(self, cap: int = LIVE_CACHE) -> None:
+        self.cap = cap
+        self._cache: OrderedDict[tuple[str, str], tuple[int, dict[str, float]]] = OrderedDict()
+        self._pending: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-scores")
+
+    def get(self, model: LoadedModel[ServingRecommender], person: str, orders: int) -> dict[str, float] | None:
+        key = (model.version, person)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == orders:
+            self._cache.move_to_end(key)
+            return hit[1]
+        return None
+
+    def schedule(self, model: LoadedModel[ServingRecommender], person: str, orders: int,
+                 store: Callable[[], FeatureStore], now: float) -> None:
+        key = (model.version, person)
+        if key in self._pending:
+            return
+        self._pending.add(key)
+        task = asyncio.create_task(self._score(key, model, person, orders, store, now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _score(self, key: tuple[str, str], model: LoadedModel[ServingRecommender], person: str, orders: int,
+                     store: Callable[[], FeatureStore], now: float) -> None:
+        try:
+            profile = await store().profile(person, now=now)
+            if profile is None:
+                return
+            history = live_history(profile)
+            scores = await asyncio.get_running_loop().run_in_executor(self._pool, model.model.score_live, history, now)
+            self._cache[key] = (orders, scores)
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.cap:
+                self._cache.popitem(last=False)
+        except StoreUnavailable:
+            pass
+        except Exception:  # a scoring bug must not take the request path down; the bundle's list keeps serving
+            log.exception("live scoring of %s failed", person)
+        finally:
+            self._pending.discard(key)
+
+    async def drain(self) -> None:
+        """Wait for scoring in flight (tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ---- building the live view ----
+
+
+def live_view(f: LiveFeatures) -> LiveView:
+    """The decision inputs from the store's live read, category affinity scaled to [0, 1]."""
+    return LiveView(
+        person=f.person,
+        known=True,
+        country=f.country,
+        segment=f.traits.get("segment"),
+        orders=f.orders,
+        purchased=set(f.purchased),
+        purchased_recent=f.purchased_since,
+        returned=set(f.returned),
+        cart=f.cart,
+        session_items=f.session_items,
+        category_affinity=scaled(f.category_affinity),
+    )
+
+
+def live_history(profile: Profile) -> LiveHistory:
+    """A customer's history for the re-rank model, from their full profile (purchase counts from recent events)."""
+    counts: dict[str, int] = {}
+    for r in profile.recent:
+        if r.type == "purchase" and r.item_id:
+            counts[r.item_id] = counts.get(r.item_id, 0) + 1
+    purchases = {item: (float(max(1, counts.get(item, 0))), ts) for item, ts in profile.purchased.items()}
+    return LiveHistory(dict(profile.item_affinity), purchases, profile.country)
+
+
+@dataclass
+class Outcome:
+    entries: list[Entry]
+    source: str
+    degraded: bool
+    model: LoadedModel[ServingRecommender] | None
+    person: str
+
+
+class RecommendationService:
+    """Owns the snapshots and caches; `recommend` and `similar` are the two decisions it serves."""
+
+    def __init__(self, store: Callable[[], FeatureStore], models: ModelRegistry, rules: Rules, clock: Clock,
+                 decisions: DecisionLogger, catalog_ttl_s: float = CATALOG_TTL_S,
+                 popular_ttl_s: float = POPULAR_TTL_S) -> None:
+        self._store = store
+        self.models = models
+        self.rules = rules
+        self.clock = clock
+        self.decisions = decisions
+        self.popular = PopularSnapshots(store, popular_ttl_s)
+        self.catalog = CatalogSnapshot(store, catalog_ttl_s)
+        self.live_scores = LiveScores()
+        self._arrays: tuple[dict[str, CatalogEntry], str, CatalogArrays] | None = None
+        self._dense_cache: dict[tuple[int, str], tuple[dict[str, float], np.ndarray, dict[str, float]]] = {}
+
+    def close(self) -> None:
+        self.live_scores.close()
+
+    def recommender(self) -> LoadedModel[ServingRecommender] | None:
+        return self.models.get(RECOMMENDER)
+
+    async def recommend(self, customer_id: str, req: Request) -> RecommendationsAnswer:
+        out = await self.decide(customer_id, req)
+        return self._answer(customer_id, req, out)
+
+    async def decide(self, customer_id: str, req: Request) -> Outcome:
+        now = self.clock()
+        self.catalog.maybe_refresh()
+        model = self.recommender()
+        rec = model.model if model is not None else None
+        degraded = False
+        rules = self.rules.for_channel(req.channel)
+        try:
+            feats = await self._store().live(customer_id, now - rules.purchase_cooldown_days * DAY, now=now)
+        except StoreUnavailable:
+            feats, degraded = None, True
+            DEGRADED.labels("recommendations").inc()
+        live = live_view(feats) if feats is not None else LiveView(person=customer_id)
+        country = live.country or req.country
+        snapshot = self.popular.cached if degraded else None  # degraded: what is in hand, never the store
+        scope = f"co:{country}" if country else f"ch:{req.channel}"
+        trend = snapshot(scope, "trend") if snapshot else await self.popular.get(scope, "trend")
+        label = f"trending_in:{country}" if country else f"trending_on:{req.channel}"
+        if not trend and country:  # nothing trending in the country right now: the channel's trend
+            scope = f"ch:{req.channel}"
+            trend = snapshot(scope, "trend") if snapshot else await self.popular.get(scope, "trend")
+            label = f"trending_on:{req.channel}"
+        popular = snapshot("all", "pop") if snapshot else await self.popular.get("all", "pop")
+        seg = self.rules.segment(live.segment)
+        catalog = self.catalog.items
+        if rec is None:  # no champion: trending and popular only, through the reference blend
+            sig = Signals(trending=trend, trending_label=label, popular=popular)
+            entries = blend(sig, live, catalog, rules, seg, req, now)
+            FALLBACKS.labels("recommendations", "no_model").inc()
+            return Outcome(entries, "popular", degraded, model, live.person)
+        dsig = DenseSignals(trending_label=label)
+        dsig.model = self._model_vector(model, rec, live, now)  # type: ignore[arg-type]
+        dsig.session = similarity(rec, live.session_items[:5])
+        if req.context_item:
+            dsig.context = similarity(rec, [req.context_item])
+        if live.cart:
+            dsig.cart = similarity(rec, live.cart[:5])
+        dsig.trending, dsig.trending_extra = self._dense(model, trend)  # type: ignore[arg-type]
+        if not popular:  # the store has nothing (or is down): the model's own popularity
+            top = rec.popularity.argsort()[::-1][:CANDIDATES]
+            popular = scaled((rec.item_ids[i], float(rec.popularity[i])) for i in top.tolist())
+        dsig.popular, dsig.popular_extra = self._dense(model, popular)  # type: ignore[arg-type]
+        entries = blend_dense(rec, self._catalog_arrays(model, catalog), dsig, live, catalog, rules, seg, req, now)  # type: ignore[arg-type]
+        if dsig.has_model:
+            source = "personalized"
+        elif dsig.has_similarity:
+            source = "session"
+        else:
+            source = "popular"
+            FALLBACKS.labels("recommendations", "cold_start").inc()
+        return Outcome(entries, source, degraded, model, live.person)
+
+    def _catalog_arrays(self, model: LoadedModel[ServingRecommender], catalog: dict[str, CatalogEntry]
+                        ) -> CatalogArrays:
+        """The catalog snapshot through the model's index, rebuilt when either changes."""
+        held = self._arrays
+        if held is None or held[0] is not catalog or held[1] != model.version:
+            held = self._arrays = (catalog, model.version, CatalogArrays.build(model.model, catalog))
+        return held[2]
+
+    def _dense(self, model: LoadedModel[ServingRecommender], scores: dict[str, float]
+               ) -> tuple[np.ndarray, dict[str, float]]:
+        """A popularity snapshot as a vector over the model's items, cached per snapshot and model version."""
+        key = (id(scores), model.version)
+        hit = self._dense_cache.get(key)
+        if hit is None or hit[0] is not scores:
+            if len(self._dense_cache) > 256:
+                self._dense_cache.clear()
+            vec, extra = dense(model.model, scores)
+            hit = self._dense_cache[key] = (scores, vec, extra)
+        return hit[1], hit[2]
+
+    def _model_vector(self, model: LoadedModel[ServingRecommender], rec: ServingRecommender, live: LiveView,
+                      now: float) -> np.ndarray | None:
+        """The bundle's candidates while they are current; live re-rank scores once the customer has bought since
+        the bundle was made (or is unknown to it but has a history), computed in the background."""
+        pre = precomputed_dense(rec, live.person)
+        if not live.known or (pre is not None and live.orders <= pre[1]):
+            return pre[0] if pre is not None else None
+        if pre is None and not live.orders and not live.category_affinity:
+            return None
+        cached = self.live_scores.get(model, live.person, live.orders)
+        if cached is not None:
+            return dense(rec, cached)[0]
+        self.live_scores.schedule(model, live.person, live.orders, self._store, now)
+        FALLBACKS.labels("recommendations", "live_scoring_pending").inc()
+        return pre[0] if pre is not None else None
+
+    def _answer(self, customer_id: str, req: Request, out: Outcome) -> RecommendationsAnswer:
+        decision_id = new_decision_id()
+        items = self.catalog.items
+        recs = [Recommendation(e.item_id, e.score, e.reasons, _title(items, e.item_id)) for e in out.entries]
+        model = out.model
+        self.decisions.log(DecisionRecord(
+            decision_id=decision_id, ts=self.clock(), surface="recommendations", channel=req.channel,
+            person_id=out.person, customer_id=customer_id, model=model.label if model else None, policy=out.source,
+            degraded=out.degraded, entries=_json.encode([{"id": e.item_id, "score": e.score} for e in out.entries]).decode(),
+            context=_json.encode({"k": req.k, "context_item": req.context_item, "category": req.category}).decode(),
+        ))
+        return RecommendationsAnswer(
+            customer_id=customer_id, channel=req.channel, decision_id=decision_id,
+            model=model.family if model else None, model_version=model.version if model else None,
+            degraded=out.degraded, source=out.source, items=recs,
+        )
+
+    async def similar(self, item_id: str, channel: str, k: int) -> SimilarAnswer | None:
+        """Items like `item_id` by the champion's neighbours; same-category popular items for an item the model does
+        not know; None when neither the model nor the catalog knows the item."""
+        self.catalog.maybe_refresh()
+        model = self.recommender()
+        rec = model.model if model is not None else None
+        rules = self.rules.for_channel(channel)
+        catalog = self.catalog.items
+        entries: list[Recommendation] = []
+        if rec is not None and item_id in rec.item_index:
+            for other, s in rec.similar(item_id, 4 * k):
+                entry = catalog.get(other)
+                if rules.exclude_unavailable and entry is not None and not entry.available:
+                    continue
+                entries.append(Recommendation(other, round(s, 6), [f"similar_to:{item_id}"], _title(catalog, other)))
+                if len(entries) >= k:
+                    break
+        else:
+            me = catalog.get(item_id)
+            if me is None:
+                try:
+                    found = await self._store().get_items([item_id])
+                except StoreUnavailable:
+                    found = {}
+                if item_id not in found:
+                    return None
+                it = found[item_id]
+                me = CatalogEntry(it.available, tuple(it.categories), it.title)
+            FALLBACKS.labels("similar", "no_model" if rec is None else "unknown_to_model").inc()
+            entries = await self._same_category(item_id, me, channel, k)
+        decision_id = new_decision_id()
+        self.decisions.log(DecisionRecord(
+            decision_id=decision_id, ts=self.clock(), surface="similar", channel=channel, person_id="",
+            model=model.label if model else None, policy="neighbours" if rec is not None else "category",
+            entries=_json.encode([{"id": e.item_id, "score": e.score} for e in entries]).decode(),
+            context=_json.encode({"item_id": item_id, "k": k}).decode(),
+        ))
+        return SimilarAnswer(item_id=item_id, channel=channel, decision_id=decision_id,
+                             model=model.family if model else None, model_version=model.version if model else None,
+                             degraded=False, items=entries)
+
+    async def _same_category(self, item_id: str, me: CatalogEntry, channel: str, k: int) -> list[Recommendation]:
+        cats = set(me.categories[-1:]) or set(me.categories)
+        if not cats:
+            return []
+        catalog = self.catalog.items
+        rules = self.rules.for_channel(channel)
+        pop = await self.popular.get("all", "pop")
+        out: list[tuple[float, str, str]] = []
+        for other, entry in catalog.items():
+            if other == item_id or (rules.exclude_unavailable and not entry.available):
+                continue
+            shared = cats & set(entry.categories)
+            if shared:
+                out.append((pop.get(other, 0.0), other, sorted(shared)[0]))
+        out.sort(key=lambda t: (-t[0], t[1]))
+        best = out[0][0] if out and out[0][0] > 0 else 1.0
+        return [Recommendation(other, round(s / best, 6), [f"same_category:{cat}"], _title(catalog, other))
+                for s, other, cat in out[:k]]
+
+
+def _title(items: Mapping[str, CatalogEntry], item_id: str) -> str | None:
+    entry = items.get(item_id)
+    return entry.title or None if entry is not None else None
