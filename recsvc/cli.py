@@ -15,8 +15,11 @@ import signal
 import sys
 from pathlib import Path
 
+from features.content import decode_content
+from features.content_catalog import catalog_for as content_catalog_for
 from features.importers import ImportReport, import_events, import_online_retail
 from features.offer_store import offer_store_for, publish_and_index
+from features.offers import decode_offers
 from features.offline_log import drain
 from features.store import FeatureStore
 from recsvc.ips import parser as ips_parser
@@ -137,7 +140,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int, store: Featur
     return 0
 
 
-DEMO_AS_OF = "2011-12-10"  # the day after the bundled Online Retail data ends
+DEMO_AS_OF = "2011-12-10"
+DEMO_DIR = BUNDLED_RETAIL.parent / "demo"  # a sample offer and content catalog over the bundled data  # the day after the bundled Online Retail data ends
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -153,6 +157,11 @@ def _demo(args: argparse.Namespace) -> int:
         report = await import_online_retail(store, BUNDLED_RETAIL)
         print(report.summary())
         print((await drain(store, settings.data_dir, progress=True)).summary())
+        offers = decode_offers((DEMO_DIR / "offers.json").read_bytes())
+        await offer_store_for(store).upsert_offers(offers)
+        content, _ = decode_content((DEMO_DIR / "content.json").read_bytes())
+        await content_catalog_for(store).upsert(content)
+        print(f"demo catalogs: {len(offers)} offers, {len(content)} content items (data/demo/)")
 
     asyncio.run(load())
     if args.skip_train:

@@ -107,3 +107,15 @@ def test_python_dash_m_and_serving_imports_stay_light() -> None:
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
     r = subprocess.run([sys.executable, "-m", "recsvc", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_demo_catalogs_are_valid() -> None:
+    """The sample offer and content catalogs the demo loads pass the same validation as the API."""
+    from features.content import decode_content
+    from features.offers import decode_offers
+    from recsvc.cli import DEMO_DIR
+
+    offers = decode_offers((DEMO_DIR / "offers.json").read_bytes())
+    content, _ = decode_content((DEMO_DIR / "content.json").read_bytes())
+    assert len(offers) == 50 and len({o.offer_id for o in offers}) == 50
+    assert {"hero", "email_block"} <= {s for c in content for s in c.slots}

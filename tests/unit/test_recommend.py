@@ -151,7 +151,7 @@ def test_rules_file_loads_and_bad_keys_are_named() -> None:
     assert rules.for_channel("email").purchase_cooldown_days == 30
     assert rules.for_channel("email").weights.session == 0.3 and rules.for_channel("email").weights.model == 1.0
     assert rules.for_channel("web") == rules.defaults
-    assert rules.segment("at_risk") is not None and rules.segment(None) is None
+    assert rules.segment("at risk") is not None and rules.segment(None) is None
     for doc, where in [
         ({"channels": {"emial": {}}}, "channels.emial"),
         ({"defaults": {"weights": {"sesion": 1}}}, "defaults.weights.sesion"),
