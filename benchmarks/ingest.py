@@ -175,7 +175,8 @@ def main() -> None:
     prefix = f"bench:{uuid.uuid4().hex[:8]}"
     port = free_port()
     env = {**os.environ, "RECSVC_REDIS_URL": args.redis, "RECSVC_REDIS_PREFIX": prefix,
-           "RECSVC_API_KEYS": f"{KEY}=events:write", "RECSVC_REDIS_TIMEOUT_MS": "1000", "RECSVC_LOG_JSON": "true"}
+           "RECSVC_API_KEYS": f"{KEY}=events:write", "RECSVC_REDIS_TIMEOUT_MS": "1000", "RECSVC_LOG_JSON": "true",
+           "RECSVC_RATE_LIMIT": os.environ.get("BENCH_RATE_LIMIT", "100000000"), "RECSVC_LOAD_MODELS": "false"}
     server = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "recsvc.app:app_from_env", "--port", str(port),
          "--workers", "1", "--log-level", "warning", "--no-access-log"],
