@@ -1,6 +1,8 @@
 """Every Redis key, field name, TTL and cap of the online store, in one place (schema version in the prefix).
 
-A person's keys share the hash tag `{PERSON}` so they live in one Redis Cluster slot. The Lua ingest script
+A person's keys share the hash tag `{PERSON}` so they live in one Redis Cluster slot. A person id is the customer_id
+of a customer, or `<kind>:<value>` (e.g. `anonymous:abc`) for someone known only by an alias; customer ids may not
+start with a reserved alias prefix (`ALIAS_PREFIXES`), so the two can never be the same id. The Lua ingest script
 (`features/lua/ingest.lua`) builds the same names from the prefix it is given; tests check both agree.
 
 Layout (P = the prefix, default `rs:v1`):
@@ -19,8 +21,9 @@ Layout (P = the prefix, default `rs:v1`):
 | P:c:{person}:ids            | set    | every alias linked to this person                  | TTL PERSON_TTL   |
 | P:i:{item}                  | hash   | catalog item: j (msgpack Item), cats, avail, price | none (catalog)   |
 | P:i:{item}:n                | hash   | event counts by type                               | TTL ITEM_STATS_TTL |
-| P:pop:{scope}:pop           | zset   | item popularity, forward-decayed (14-day half-life)| POPULAR_CAP      |
+| P:pop:{scope}:pop           | zset   | item popularity, forward-decayed (14-day half-life)| POPULAR_CAP; `co:` scopes also TTL COUNTRY_POP_TTL |
 | P:pop:{scope}:h:{hour}      | zset   | item events in one hour (hours since 1970), trending | EXPIREAT hour end + TRENDING_KEEP |
+| P:countries                 | zset   | country -> last popularity write (store time)       | COUNTRY_SCOPES_CAP |
 | P:ev:{event_id}             | string | idempotency marker                                 | TTL DEDUPE_TTL   |
 | P:log                       | stream | offline log entries, trimmed only after drain ack  | drained          |
 | P:erased                    | set    | customer ids erased for privacy                    | none             |
@@ -29,7 +32,12 @@ Layout (P = the prefix, default `rs:v1`):
 
 Person-hash field names: `first`, `last`, `country`, `n` (events), `orders`, `monetary`,
 `cnt:type:<type>`, `cnt:channel:<channel>`, `ls:<channel>` (last seen), `t:<trait>` (published traits).
-Popularity scopes: `all`, `ch:<channel>`, `co:<country>`. Trending is read as the hourly buckets of the last
+Popularity scopes: `all`, `ch:<channel>`, `co:<country>`. `country` is free text (the Online Retail data has names,
+not codes), so the `co:` scopes are bounded by a registry, `P:countries`: a country gets popularity and trending keys
+only while it is registered; it is registered on its first popularity write when fewer than COUNTRY_SCOPES_CAP
+countries are, and leaves (its popularity key deleted) once COUNTRY_POP_TTL passes without a write. The key's own TTL
+is refreshed on every write, so it expires with the registry entry. Events of a country refused for a full registry
+still count everywhere else (its person's country, `all`, `ch:`). Trending is read as the hourly buckets of the last
 TRENDING_KEEP seconds weighted by 2**(-age/TRENDING_HALF_LIFE): a forward-decayed score with a one-day half-life
 would overflow a double within three years of the epoch. Events older than TRENDING_KEEP (history imports) add to
 popularity but not to trending.
@@ -58,6 +66,8 @@ CAT_AFF_CAP = 50
 PURCHASED_CAP = 500
 RETURNED_CAP = 200
 POPULAR_CAP = 5000
+COUNTRY_SCOPES_CAP = 256  # ISO 3166 has 249 codes; the Online Retail data names 38 countries
+COUNTRY_POP_TTL = int(90 * DAY)  # a country without a popularity write for this long leaves the registry
 
 # Forward decay: a weight w at time t adds w * 2**((t - DECAY_EPOCH) / half_life) to a score; reading at `now`
 # multiplies by 2**(-(now - DECAY_EPOCH) / half_life). Sorted-set order is then the decayed order at any time.
@@ -89,6 +99,10 @@ POPULARITY_WEIGHTS: dict[str, float] = {
 }
 
 ALIAS_KINDS = ("customer", "anonymous", "device", "email")
+# The person id of someone known only by an alias is "<kind>:<value>" (anonymous_person). A customer_id may not start
+# with one of these (features.schema.Event refuses it), so a person id or a read by "<kind>:<value>" is never a
+# customer's.
+ALIAS_PREFIXES: tuple[str, ...] = tuple(f"{kind}:" for kind in ALIAS_KINDS[1:])
 
 
 def decay_factor(half_life: float, t: float) -> float:
@@ -133,6 +147,11 @@ class Keys:
         return f"{self.prefix}:ev:{{{event_id}}}"
 
     @property
+    def country_scopes(self) -> str:
+        """The registry of countries with popularity keys: country -> last write (bounds the `co:` scopes)."""
+        return f"{self.prefix}:countries"
+
+    @property
     def log(self) -> str:
         return f"{self.prefix}:log"
 
@@ -154,3 +173,15 @@ class Keys:
 def anonymous_person(kind: str, value: str) -> str:
     """The person id of someone known only by a non-customer id, until they log in."""
     return f"{kind}:{value}"
+
+
+def qualified_alias(any_id: str) -> tuple[str, str] | None:
+    """(kind, value) when a read id names an alias explicitly ("anonymous:abc", "device:d1", "email:h"), else None.
+
+    Reads resolve a qualified id only as that alias (or the anonymous person of that name), and a bare id first as a
+    customer, then as an anonymous, device or email id of that value: `anonymous:<id>` reaches an anonymous visitor
+    whose id happens to equal a customer's."""
+    if any_id.startswith(ALIAS_PREFIXES):
+        kind, _, value = any_id.partition(":")
+        return kind, value
+    return None

@@ -2,15 +2,16 @@
 
 Same semantics as the Redis store (dedupe, identity link and merge, decay, caps, offline log with pending entries),
 checked by the same contract tests, one of which compares both adapters' profiles, popularity and logs for one
-random event stream. Not shared between processes, not persisted. Differences, all invisible in profiles below the
-caps: no TTLs (the dedupe set and people are kept for the life of the process; a session counts as expired once its
-last event is SESSION_TTL old; trending hours older than TRENDING_KEEP are dropped), and caps are enforced at once
-(Redis trims every 16th event of a person, overshooting by at most 15).
+random event stream. Not shared between processes, not persisted: `remember_events` gives a new process the event
+ids an earlier one put in the offline log. Differences, all invisible in profiles below the caps: no TTLs (the dedupe
+set and people are kept for the life of the process; a session counts as expired once its last event is SESSION_TTL
+old; a country's popularity once COUNTRY_POP_TTL passed without a write; trending hours older than TRENDING_KEEP are
+dropped), and caps are enforced at once (Redis trims every 16th event of a person, overshooting by at most 15).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from features import keys as K
@@ -78,6 +79,7 @@ class MemoryFeatureStore:
         self.pop: dict[str, dict[str, float]] = {}
         self.trend: dict[tuple[str, int], dict[str, float]] = {}
         self.seen: set[str] = set()
+        self.countries: dict[str, float] = {}  # the registry of `co:` popularity scopes: country -> last write
         self.erased: set[str] = set()
         self._log: dict[str, LogRecord | LinkRecord | DecisionRecord] = {}  # entry id -> record, until acknowledged
         self._order: list[str] = []  # every entry id in append order
@@ -167,6 +169,14 @@ class MemoryFeatureStore:
                 self._link(alias, person, ts, now)
         return person, fresh
 
+    def remember_events(self, event_ids: Iterable[str]) -> int:
+        """Count these events as already ingested: a replay of one is a duplicate. The embedded store forgets
+        everything when its process ends; `recsvc import` hands it the event ids earlier runs put in the offline log,
+        as Redis keeps its dedupe markers, so importing a file twice changes nothing there either."""
+        before = len(self.seen)
+        self.seen.update(event_ids)
+        return len(self.seen) - before
+
     async def ingest(self, events: Sequence[Event], now: float | None = None) -> IngestResult:
         now = self.clock() if now is None else now
         dups: list[str] = []
@@ -243,7 +253,10 @@ class MemoryFeatureStore:
                 inc = pw * K.decay_factor(K.POPULAR_HALF_LIFE, ts)
                 hour = int(ts // K.HOUR)
                 live = (hour + 1) * K.HOUR + K.TRENDING_KEEP > now
-                for scope in ("all", f"ch:{e.channel}") + ((f"co:{country}",) if country else ()):
+                scopes = ["all", f"ch:{e.channel}"]
+                if country and self._admit_country(country, now):
+                    scopes.append(f"co:{country}")
+                for scope in scopes:
                     z = self.pop.setdefault(scope, {})
                     z[item] = z.get(item, 0.0) + inc
                     if len(z) > K.POPULAR_CAP * 1.1:
@@ -268,6 +281,18 @@ class MemoryFeatureStore:
                 else:
                     s["last"] = ts
         self._append_log(to_log_record(e, person, now), now)
+
+    def _admit_country(self, country: str, now: float) -> bool:
+        """Whether this country's popularity is kept (the registry rules in features/keys.py, as ingest.lua)."""
+        last = self.countries.get(country)
+        if last is None or last < now - K.COUNTRY_POP_TTL:
+            for stale in [c for c, t in self.countries.items() if t < now - K.COUNTRY_POP_TTL]:
+                del self.countries[stale]
+                self.pop.pop(f"co:{stale}", None)  # what the key's TTL would have expired
+            if len(self.countries) >= K.COUNTRY_SCOPES_CAP:
+                return False
+        self.countries[country] = now
+        return True
 
     def _prune_trending(self, now: float) -> None:
         """Drop the hourly buckets no read can reach any more (Redis expires them)."""
@@ -312,6 +337,10 @@ class MemoryFeatureStore:
         return sorted(self.items)
 
     async def resolve(self, any_id: str) -> str:
+        """As RedisFeatureStore.resolve: a qualified id ("anonymous:abc") only as that alias, a bare one first as a
+        person (a customer), then as an alias value, then as an anonymous person never linked."""
+        if K.qualified_alias(any_id) is not None:
+            return self.aliases.get(any_id, any_id)
         if any_id in self.people:
             return any_id
         for kind in K.ALIAS_KINDS[1:]:
@@ -390,6 +419,8 @@ class MemoryFeatureStore:
         check_popular_args(window, k)
         now = self.clock() if now is None else now
         if window == "pop":
+            if scope.startswith("co:") and self.countries.get(scope[3:], now) < now - K.COUNTRY_POP_TTL:
+                return []  # what the key's TTL would have expired
             f = K.read_factor(K.POPULAR_HALF_LIFE, now)
             return [(i, s * f) for i, s in top_k(self.pop.get(scope, {}), k)]
         scores: dict[str, float] = {}

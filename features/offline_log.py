@@ -289,6 +289,13 @@ def read_events(
     return table.select(list(columns)) if columns else table
 
 
+def logged_event_ids(data_dir: Path) -> set[str]:
+    """Every event_id on disk (erased people's included: their events were accepted too); reads one column."""
+    root = Path(data_dir) / "events"
+    files = sorted(root.glob("date=*/part-*.parquet")) if root.exists() else []
+    return {i for f in files for i in pq.read_table(f, columns=["event_id"]).column(0).to_pylist()}
+
+
 def read_links(data_dir: Path) -> pa.Table:
     files = sorted((Path(data_dir) / "links").glob("part-*.parquet"))
     if not files:
@@ -336,6 +343,16 @@ def read_decisions(
 def read_catalog(data_dir: Path) -> pa.Table:
     path = Path(data_dir) / "catalog" / "items.parquet"
     return pq.read_table(path, schema=CATALOG_SCHEMA) if path.exists() else CATALOG_SCHEMA.empty_table()
+
+
+def catalog_items(data_dir: Path) -> list[Item]:
+    """The catalog snapshot as items (empty before the first drain)."""
+    return [
+        Item(item_id=r["item_id"], title=r["title"] or "", categories=list(r["categories"] or []), price=r["price"],
+             available=r["available"] if r["available"] is not None else True,
+             attributes=json.loads(r["attributes"]) if r["attributes"] else {})
+        for r in read_catalog(data_dir).to_pylist()
+    ]
 
 
 def compact(data_dir: Path) -> int:

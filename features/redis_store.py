@@ -66,6 +66,8 @@ LUA_CONFIG: dict[str, Any] = (
         "purchased_cap": K.PURCHASED_CAP,
         "returned_cap": K.RETURNED_CAP,
         "popular_cap": K.POPULAR_CAP,
+        "country_scopes_cap": K.COUNTRY_SCOPES_CAP,
+        "country_pop_ttl": K.COUNTRY_POP_TTL,
         "affinity_half_life": K.AFFINITY_HALF_LIFE,
         "popular_half_life": K.POPULAR_HALF_LIFE,
         "affinity": K.AFFINITY_WEIGHTS,
@@ -359,7 +361,12 @@ class RedisFeatureStore:
         return sorted(v.decode() for v in members)
 
     async def resolve(self, any_id: str) -> str:
-        """One round trip: is it a person, an alias linked to one, or an anonymous person never linked?"""
+        """One round trip. A qualified id ("anonymous:abc", see keys.qualified_alias) is that alias's person, else
+        the anonymous person of that name. A bare id: a person (customer), an alias linked to one, or an anonymous
+        person never linked?"""
+        if (alias := K.qualified_alias(any_id)) is not None:
+            owner = await self._call(self.client.get(self.keys.alias(*alias)))
+            return _s(owner) or any_id  # type: ignore[return-value]
         kinds = K.ALIAS_KINDS[1:]
         pipe = self.client.pipeline(transaction=False)
         pipe.exists(self.keys.person(any_id, "p"))

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 from msgspec import Meta, Struct
 
+from features.keys import ALIAS_PREFIXES
+
 SCHEMA_VERSION = 1
 
 EventType = Literal[
@@ -43,7 +45,7 @@ OFFER_EVENTS = frozenset({"offer_impression", "offer_accept", "offer_dismiss"})
 CONTENT_EVENTS = frozenset({"content_impression", "content_click"})
 
 # Identifiers end up inside Redis keys and hash tags: no braces, glob characters, whitespace or controls.
-ID_PATTERN = r"^[^\s{}*?\[\]\x00-\x1f\x7f]{1,128}$"
+ID_PATTERN = r"^[^\s{}*?\[\]\x00-\x1f\x7f]{1,128}(?![\s\S])"  # not $: it lets one trailing newline through
 Id = Annotated[str, Meta(pattern=ID_PATTERN, description="1-128 chars; no whitespace, braces, * ? [ ]")]
 ShortText = Annotated[str, Meta(max_length=128)]
 Text = Annotated[str, Meta(max_length=2000)]
@@ -55,6 +57,11 @@ MAX_BATCH = 1000
 MAX_FUTURE_SECONDS = 24 * 3600  # clocks drift; a day ahead is a client bug, not drift
 MIN_TIMESTAMP = datetime(2000, 1, 1, tzinfo=timezone.utc).timestamp()
 MAX_PROPERTIES = 50
+# "anonymous:abc" is the person id of anonymous visitor abc: a customer of that id would be the same person.
+RESERVED_CUSTOMER_ID = (
+    "customer_id: must not start with " + ", ".join(f"'{p}'" for p in ALIAS_PREFIXES)
+    + " (reserved for the ids of people known only by an anonymous, device or email id)"
+)
 
 
 class EventContext(Struct, omit_defaults=True, forbid_unknown_fields=True):
@@ -91,6 +98,8 @@ class Event(Struct, omit_defaults=True, forbid_unknown_fields=True):
                 "customer_id: an event needs at least one identifier "
                 "(customer_id, anonymous_id, device_id or email_hash)"
             )
+        if self.customer_id is not None and self.customer_id.startswith(ALIAS_PREFIXES):
+            raise ValueError(RESERVED_CUSTOMER_ID)
         if self.type in ITEM_EVENTS and not self.item_id:
             raise ValueError(f"item_id: required for type '{self.type}'")
         if self.type in OFFER_EVENTS and not self.offer_id:

@@ -20,7 +20,8 @@ from features.content_catalog import catalog_for as content_catalog_for
 from features.importers import ImportReport, import_events, import_online_retail
 from features.offer_store import offer_store_for, publish_and_index
 from features.offers import decode_offers
-from features.offline_log import drain
+from features.memory_store import MemoryFeatureStore
+from features.offline_log import catalog_items, drain, logged_event_ids
 from features.store import FeatureStore
 from recsvc.ips import parser as ips_parser
 from recsvc.ips import run as ips_run
@@ -67,6 +68,12 @@ async def _import(store: FeatureStore, kind: str, path: Path, batch_size: int) -
 async def _import_and_drain(settings: Settings, kind: str, path: Path, batch_size: int) -> int:
     store = open_store(settings, settings.clock())
     try:
+        if isinstance(store, MemoryFeatureStore):
+            # A new process's embedded store knows nothing: give it what earlier imports left in the offline log, as
+            # Redis keeps its dedupe markers and catalog, so a re-import is all duplicates (no new Parquet files) and
+            # the catalog snapshot the drain rewrites keeps the items imported before.
+            store.remember_events(logged_event_ids(settings.data_dir))
+            await store.upsert_items(catalog_items(settings.data_dir))
         report = await _import(store, kind, path, batch_size)
         print(report.summary())
         if store.backend == "memory":

@@ -5,12 +5,16 @@ Domain code raises domain errors (subclasses of RecsvcError) and msgspec raises 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from typing import Any
 
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import Empty
+from litestar.utils.scope.state import ScopeState
 
 from features.store import StoreUnavailable
 
@@ -79,14 +83,56 @@ def handle_validation(_: Request, exc: msgspec.ValidationError) -> Response[Erro
     return _body(422, "validation", detail, field)
 
 
-def handle_decode(_: Request, exc: msgspec.DecodeError) -> Response[ErrorBody]:
+def handle_decode(request: Request, exc: msgspec.DecodeError) -> Response[ErrorBody]:
     detail, field = field_of(str(exc))
+    if "UTF-8" in detail:  # msgspec: "Invalid UTF-8 encoded string"
+        return _bad_utf8(request, detail)
     return _body(400, "malformed_body", f"not valid UTF-8 JSON: {detail}", field or "$")
 
 
-def handle_unicode(_: Request, exc: UnicodeDecodeError) -> Response[ErrorBody]:
-    # msgspec raises this (not DecodeError) for invalid UTF-8 inside a JSON string
-    return _body(400, "malformed_body", f"not valid UTF-8: byte {exc.start} of a string ({exc.reason})", "$")
+_BAD_BYTE = re.compile("[\udc80-\udcff]")  # an invalid byte, as errors="surrogateescape" decodes it
+
+
+def bad_utf8_field(body: bytes) -> tuple[str, bool] | None:
+    """The JSON path of the first string holding bytes that are not UTF-8 (`$.customer_id`, `$[3].item_id`), and
+    whether it is an object key rather than a value; None when the body does not parse even so. Runs only after a
+    decode failed, so the happy path never pays for it."""
+    try:
+        doc = json.loads(body.decode("utf-8", errors="surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[str, Any]] = [("$", doc)]
+    while stack:  # depth first, in document order
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _BAD_BYTE.search(value):
+                return path, False
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+        elif isinstance(value, dict):
+            children = []
+            for key, v in value.items():
+                if _BAD_BYTE.search(key):
+                    return path, True
+                children.append((f"{path}.{key}", v))
+            stack.extend(reversed(children))
+    return None
+
+
+def _bad_utf8(request: Request, detail: str) -> Response[ErrorBody]:
+    """400 for bytes that are not UTF-8 inside a JSON string, naming the string's field when the body shows it."""
+    body = ScopeState.from_scope(request.scope).body  # read (and cached) by the handler that failed
+    found = bad_utf8_field(body) if body is not Empty else None
+    if found is None:
+        return _body(400, "malformed_body", f"not valid UTF-8: {detail}", "$")
+    field, in_key = found
+    what = "an object key in" if in_key else "the string at"
+    return _body(400, "malformed_body", f"not valid UTF-8: {what} {field} holds bytes that are not UTF-8", field)
+
+
+def handle_unicode(request: Request, exc: UnicodeDecodeError) -> Response[ErrorBody]:
+    # msgspec raises this (not DecodeError) for some invalid UTF-8 inside a JSON string
+    return _bad_utf8(request, f"byte {exc.start} of a string ({exc.reason})")
 
 
 def handle_domain(_: Request, exc: RecsvcError) -> Response[ErrorBody]:

@@ -19,6 +19,11 @@
 -- merged into the customer and every alias of it (its own name included) re-pointed. An alias linked to another
 -- customer (a shared device) is re-pointed to the new one: last login wins for future events, past history stays
 -- with the earlier customer, who loses the alias from its `ids`.
+-- Per-country popularity (`co:<country>` scopes) is bounded by the registry P:countries (country -> last write, in
+-- store time `now`): a registered country whose last write is COUNTRY_POP_TTL old or more counts as gone; a country not
+-- registered (or gone) is admitted only after the gone ones are pruned (their popularity keys deleted) and while fewer
+-- than COUNTRY_SCOPES_CAP remain. A refused country gets no `co:` keys; its events count everywhere else. Admitted
+-- countries' popularity keys get EXPIRE COUNTRY_POP_TTL at the end of the batch.
 -- Housekeeping is paced by the person's event count n: capped lists and sets are trimmed every 16th event (so they
 -- overshoot their cap by at most 15 entries) and TTLs of the person's keys are refreshed on the first event, every
 -- 16th, and the first event of each new day; a key created in between gets its TTL at once.
@@ -163,6 +168,28 @@ local function zadd_later(key, member, inc)
   if not t then t = {}; zinc[key] = t end
   t[member] = (t[member] or 0) + inc
 end
+local CREG = P .. ":countries"
+local country_ok, country_keys = {}, {}
+local function num(x) return string.format("%.17g", x) end  -- Lua's tostring keeps only 14 digits
+local function admit_country(country)
+  local ok = country_ok[country]
+  if ok ~= nil then return ok end
+  local stale_before = now - cfg.country_pop_ttl
+  local last = tonumber(redis.call("ZSCORE", CREG, country))
+  ok = true
+  if not last or last < stale_before then
+    local gone = redis.call("ZRANGEBYSCORE", CREG, "-inf", "(" .. num(stale_before))
+    for _, c in ipairs(gone) do redis.call("DEL", P .. ":pop:{co:" .. c .. "}:pop") end
+    if #gone > 0 then redis.call("ZREMRANGEBYSCORE", CREG, "-inf", "(" .. num(stale_before)) end
+    ok = redis.call("ZCARD", CREG) < cfg.country_scopes_cap
+  end
+  if ok then
+    redis.call("ZADD", CREG, num(now), country)
+    country_keys[P .. ":pop:{co:" .. country .. "}:pop"] = true
+  end
+  country_ok[country] = ok
+  return ok
+end
 local cats_cache = {}
 local function item_cats(item)
   local c = cats_cache[item]
@@ -257,7 +284,9 @@ for i = 1, #events do
         local inc = decayed(pw, ts, cfg.popular_half_life)
         local hour = math.floor(ts / 3600)
         local hour_expires = (hour + 1) * 3600 + cfg.trending_keep
-        for _, scope in ipairs({"all", "ch:" .. channel, country ~= "" and ("co:" .. country) or nil}) do
+        local scopes = {"all", "ch:" .. channel}
+        if country ~= "" and admit_country(country) then scopes[3] = "co:" .. country end
+        for _, scope in ipairs(scopes) do
           zadd_later(P .. ":pop:{" .. scope .. "}:pop", item, inc)
           if hour_expires > now then
             local hk = P .. ":pop:{" .. scope .. "}:h:" .. hour
@@ -304,8 +333,11 @@ for key, members in pairs(zinc) do
   local at = expire_at[key]
   if at then
     redis.call("EXPIREAT", key, at)
-  elseif redis.call("ZCARD", key) > cfg.popular_cap * 1.1 then
-    trim_zset(key, cfg.popular_cap)  -- in bulk: trimming every batch would cost a ZREMRANGEBYRANK per batch
+  else
+    if redis.call("ZCARD", key) > cfg.popular_cap * 1.1 then
+      trim_zset(key, cfg.popular_cap)  -- in bulk: trimming every batch would cost a ZREMRANGEBYRANK per batch
+    end
+    if country_keys[key] then redis.call("EXPIRE", key, cfg.country_pop_ttl) end
   end
 end
 for key, cap in pairs(trim) do trim_zset(key, cap) end

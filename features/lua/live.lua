@@ -9,17 +9,25 @@
 local P, id = ARGV[1], ARGV[2]
 local function pkey(person, part) return P .. ":c:{" .. person .. "}:" .. part end
 
-local person = nil
-if redis.call("EXISTS", pkey(id, "p")) == 1 then person = id end
-if not person then
-  for _, kind in ipairs({"anonymous", "device", "email"}) do
-    local owner = redis.call("GET", P .. ":id:{" .. kind .. ":" .. id .. "}")
-    if owner then person = owner; break end
-  end
+local KINDS = {"anonymous", "device", "email"}
+local person, qualified = nil, false
+for _, kind in ipairs(KINDS) do
+  if string.sub(id, 1, #kind + 1) == kind .. ":" then qualified = true; break end
 end
-if not person then
-  for _, kind in ipairs({"anonymous", "device", "email"}) do
-    if redis.call("EXISTS", pkey(kind .. ":" .. id, "p")) == 1 then person = kind .. ":" .. id; break end
+if qualified then  -- "anonymous:abc": that alias's person, else the anonymous person of that name; never a customer
+  person = redis.call("GET", P .. ":id:{" .. id .. "}") or id
+else
+  if redis.call("EXISTS", pkey(id, "p")) == 1 then person = id end
+  if not person then
+    for _, kind in ipairs(KINDS) do
+      local owner = redis.call("GET", P .. ":id:{" .. kind .. ":" .. id .. "}")
+      if owner then person = owner; break end
+    end
+  end
+  if not person then
+    for _, kind in ipairs(KINDS) do
+      if redis.call("EXISTS", pkey(kind .. ":" .. id, "p")) == 1 then person = kind .. ":" .. id; break end
+    end
   end
 end
 if not person then return {""} end

@@ -6,23 +6,33 @@
 -- Returns {person, p (flat HGETALL), r (LRANGE), ia, ca, b, rt (flat ZREVRANGE WITHSCORES), cart, s (flat HGETALL),
 -- ids (SMEMBERS)}; person is "" when nothing is known. Scores stay strings (Lua would truncate them to integers).
 --
--- Resolution, as RedisFeatureStore.resolve: a person of that name; else the person an anonymous/device/email alias
--- of that value points to; else an anonymous person of that name ("anonymous:abc"); else nobody.
+-- Resolution, as RedisFeatureStore.resolve: an id qualified by an alias kind ("anonymous:abc", "device:d1",
+-- "email:h"; customer ids cannot start so) is the person that alias points to, else the anonymous person of that name.
+-- A bare id is a person (customer) of that name; else the person an anonymous/device/email alias of that value points
+-- to; else an anonymous person of that name ("anonymous:abc"); else nobody.
 
 local P, id = ARGV[1], ARGV[2]
 local function pkey(person, part) return P .. ":c:{" .. person .. "}:" .. part end
 
-local person = nil
-if redis.call("EXISTS", pkey(id, "p")) == 1 then person = id end
-if not person then
-  for _, kind in ipairs({"anonymous", "device", "email"}) do
-    local owner = redis.call("GET", P .. ":id:{" .. kind .. ":" .. id .. "}")
-    if owner then person = owner; break end
-  end
+local KINDS = {"anonymous", "device", "email"}
+local person, qualified = nil, false
+for _, kind in ipairs(KINDS) do
+  if string.sub(id, 1, #kind + 1) == kind .. ":" then qualified = true; break end
 end
-if not person then
-  for _, kind in ipairs({"anonymous", "device", "email"}) do
-    if redis.call("EXISTS", pkey(kind .. ":" .. id, "p")) == 1 then person = kind .. ":" .. id; break end
+if qualified then  -- "anonymous:abc": that alias's person, else the anonymous person of that name; never a customer
+  person = redis.call("GET", P .. ":id:{" .. id .. "}") or id
+else
+  if redis.call("EXISTS", pkey(id, "p")) == 1 then person = id end
+  if not person then
+    for _, kind in ipairs(KINDS) do
+      local owner = redis.call("GET", P .. ":id:{" .. kind .. ":" .. id .. "}")
+      if owner then person = owner; break end
+    end
+  end
+  if not person then
+    for _, kind in ipairs(KINDS) do
+      if redis.call("EXISTS", pkey(kind .. ":" .. id, "p")) == 1 then person = kind .. ":" .. id; break end
+    end
   end
 end
 if not person then return {""} end

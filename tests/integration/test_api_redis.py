@@ -70,6 +70,28 @@ def test_rejected_batch_writes_no_key(redis_url: str, redis_prefix: str) -> None
         r.close()
 
 
+def test_person_ids_are_unambiguous_through_redis(redis_url: str, redis_prefix: str) -> None:
+    """A customer_id that is an anonymous person's id is refused; a visitor whose anonymous id equals a customer id is
+    read as `anonymous:<id>`, the customer by the bare id."""
+    with TestClient(create_app(settings_for(redis_url, redis_prefix))) as c:
+        r = c.post("/v1/events", json={"type": "view", "channel": "web", "customer_id": "anonymous:v1", "item_id": "X"},
+                   headers=W)
+        assert r.status_code == 422 and r.json()["field"] == "$.customer_id", r.text
+        body = [{"type": "purchase", "channel": "web", "customer_id": "12345", "item_id": "BOUGHT"},
+                {"type": "view", "channel": "web", "anonymous_id": "12345", "item_id": "LOOKED"}]
+        assert c.post("/v1/events", json=body, headers=W).json()["accepted"] == 2
+        customer = c.get("/v1/customers/12345/profile", headers=R).json()
+        visitor = c.get("/v1/customers/anonymous:12345/profile", headers=R).json()
+        assert customer["customer_id"] == "12345" and list(customer["purchased"]) == ["BOUGHT"]
+        assert visitor["customer_id"] == "anonymous:12345" and [e["item_id"] for e in visitor["recent"]] == ["LOOKED"]
+        assert c.get("/v1/customers/device:12345/profile", headers=R).status_code == 404
+    r = redis.Redis.from_url(redis_url)
+    try:
+        assert not r.exists(Keys(redis_prefix).person("anonymous:v1", "p"))  # the refused event wrote nothing
+    finally:
+        r.close()
+
+
 def test_unreachable_redis_gives_503_and_accepts_nothing() -> None:
     dead = RedisFeatureStore.from_url("redis://127.0.0.1:1/0", prefix="x", timeout_s=0.2)
     with TestClient(create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=dead)) as c:

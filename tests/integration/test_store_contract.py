@@ -18,6 +18,7 @@ import redis as syncredis
 from features import keys as K
 from features.keys import Keys
 from features.memory_store import MemoryFeatureStore
+from features import redis_store as store_module
 from features.redis_store import RedisFeatureStore
 from features.schema import LiveFeatures, Profile, Event, EventContext, Item, LinkRecord, LogRecord, decode_log_record
 from features.store import FeatureStore, StoreUnavailable
@@ -203,7 +204,9 @@ async def test_redis_keys_are_exactly_the_layout_and_carry_their_ttls(redis_url:
     ttl_of |= {k.item_stats("A"): K.ITEM_STATS_TTL, k.item_stats("B"): K.ITEM_STATS_TTL}
     trend_end = (hour + 1) * K.HOUR + K.TRENDING_KEEP - time.time()
     ttl_of |= {k.trending(scope, hour): trend_end for scope in ("all", "ch:web", "ch:app", "co:UK")}
-    no_ttl = {k.item("A"), k.catalog_index, k.catalog_version, k.log} | {k.popular(x) for x in ("all", "ch:web", "ch:app", "co:UK")}
+    ttl_of |= {k.popular("co:UK"): K.COUNTRY_POP_TTL}
+    no_ttl = {k.item("A"), k.catalog_index, k.catalog_version, k.log, k.country_scopes}
+    no_ttl |= {k.popular(x) for x in ("all", "ch:web", "ch:app")}
     r = syncredis.Redis.from_url(redis_url)
     try:
         found = {key.decode() for key in r.scan_iter(match=f"{redis_prefix}:*", count=1000)}
@@ -588,3 +591,100 @@ async def test_erase_removes_the_offer_state_too(redis_url: str, redis_prefix: s
         r.close()
     finally:
         await s.close()
+
+
+
+# ---- bounded per-country popularity ----
+
+
+def country_view(country: str, item: str = "A", who: str = "c1", ts: float | None = None) -> Event:
+    return ev("view", item, ts, customer_id=who, context=EventContext(country=country))
+
+
+def small_registry(monkeypatch: pytest.MonkeyPatch, cap: int) -> None:
+    """COUNTRY_SCOPES_CAP = cap for both adapters (the script has its numbers rendered in when it is loaded)."""
+    monkeypatch.setattr(K, "COUNTRY_SCOPES_CAP", cap)
+    rendered = f'["country_scopes_cap"] = {store_module.LUA_CONFIG["country_scopes_cap"]}'
+    assert rendered in store_module._LUA
+    script = store_module._LUA.replace(rendered, f'["country_scopes_cap"] = {cap}')
+    monkeypatch.setitem(store_module.SCRIPTS, "ingest", script)
+
+
+async def test_country_scopes_are_capped_and_refused_countries_count_elsewhere(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_registry(monkeypatch, 3)
+    await store.ingest([country_view(f"X{i}", who=f"p{i}") for i in range(5)], now=NOW)
+    known = [c for c in (f"X{i}" for i in range(5)) if await store.popular(f"co:{c}", now=NOW)]
+    assert known == ["X0", "X1", "X2"]  # first come; the registry is full
+    assert await store.popular("co:X4", "trend", now=NOW) == []
+    assert [i for i, _ in await store.popular("all", now=NOW)] == ["A"]  # refused countries still count here
+    assert (await store.profile("p4", now=NOW)).country == "X4"  # type: ignore[union-attr]
+    await store.ingest([country_view("X1", "B", ts=NOW + 10)], now=NOW + 10)  # a registered country goes on
+    assert [i for i, _ in await store.popular("co:X1", now=NOW + 10)] == ["B", "A"]  # B: the same weight, later
+
+
+async def test_a_country_without_writes_for_its_ttl_leaves_the_registry(
+    store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_registry(monkeypatch, 2)
+    old = NOW - K.COUNTRY_POP_TTL - 100
+    await store.ingest([country_view("OLD", ts=old, who="o1")], now=old)
+    await store.ingest([country_view("LIVE", ts=NOW - 50, who="l1")], now=NOW - 50)
+    await store.ingest([country_view("NEW", "N", who="n1")], now=NOW)  # OLD is stale: pruned, NEW admitted
+    assert [i for i, _ in await store.popular("co:NEW", now=NOW)] == ["N"]
+    assert await store.popular("co:OLD", now=NOW) == []
+    await store.ingest([country_view("LATE", "L", who="n2")], now=NOW)  # LIVE and NEW fill the registry
+    assert await store.popular("co:LATE", now=NOW) == []
+    if isinstance(store, RedisFeatureStore):
+        k = store.keys
+        assert await store.client.zrange(k.country_scopes, 0, -1) == [b"LIVE", b"NEW"]
+        assert not await store.client.exists(k.popular("co:OLD"))
+        assert K.COUNTRY_POP_TTL - 5 <= await store.client.ttl(k.popular("co:NEW")) <= K.COUNTRY_POP_TTL
+
+
+# ---- person ids are unambiguous ----
+
+
+async def test_an_anonymous_id_equal_to_a_customer_id_reads_by_its_qualified_name(store: FeatureStore) -> None:
+    await store.ingest([ev("purchase", "BOUGHT", customer_id="12345", event_id="c"),
+                        ev("view", "LOOKED", customer_id=None, anonymous_id="12345", event_id="a")], now=NOW)
+    customer, visitor = await store.profile("12345", now=NOW), await store.profile("anonymous:12345", now=NOW)
+    assert customer is not None and customer.customer_id == "12345" and customer.orders == 1  # a bare id: the customer
+    assert visitor is not None and visitor.customer_id == "anonymous:12345"
+    assert [r.item_id for r in visitor.recent] == ["LOOKED"] and visitor.orders == 0
+    live = await store.live("anonymous:12345", NOW - K.DAY, now=NOW)
+    assert live is not None and live.person == "anonymous:12345" and live.purchased == []
+    assert await store.resolve("anonymous:12345") == "anonymous:12345" and await store.resolve("12345") == "12345"
+    assert await store.profile("device:12345", now=NOW) is None  # a qualified id is never a customer
+
+
+async def test_a_qualified_id_follows_its_alias_after_a_login(store: FeatureStore) -> None:
+    await store.ingest([ev("view", "A", customer_id=None, anonymous_id="v1", device_id="d1", event_id="1")], now=NOW)
+    await store.ingest([ev("view", "B", customer_id="c7", anonymous_id="v1", event_id="2")], now=NOW)
+    for any_id in ("anonymous:v1", "device:d1", "v1", "d1", "c7"):
+        p = await store.profile(any_id, now=NOW)
+        assert p is not None and p.customer_id == "c7" and p.counts["type:view"] == 2, any_id
+        assert (await store.live(any_id, NOW, now=NOW)).person == "c7"  # type: ignore[union-attr]
+    assert await store.profile("email:v1", now=NOW) is None
+
+
+async def test_a_qualified_read_finds_the_person_writes_go_to(store: FeatureStore) -> None:
+    """"device:d1" names the alias, so it reads the person d1's events are written to, as the bare "d1" does, not an
+    older anonymous person that happens to bear that name."""
+    await store.ingest([ev("view", "A", customer_id=None, device_id="d1", event_id="1")], now=NOW)  # person device:d1
+    await store.ingest([ev("view", "B", customer_id=None, anonymous_id="v1", device_id="d1", event_id="2")], now=NOW)
+    await store.ingest([ev("view", "C", customer_id=None, device_id="d1", event_id="3")], now=NOW)
+    logged = {r.event_id: r.person_id for _, r in await store.log_read("g", "w", 100) if isinstance(r, LogRecord)}
+    assert logged["3"] == "anonymous:v1"
+    assert await store.resolve("device:d1") == await store.resolve("d1") == logged["3"]
+    for any_id in ("device:d1", "d1"):
+        p = await store.profile(any_id, now=NOW)
+        assert p is not None and p.customer_id == logged["3"] and [r.item_id for r in p.recent] == ["C", "B"], any_id
+        assert (await store.live(any_id, NOW, now=NOW)).person == logged["3"]  # type: ignore[union-attr]
+
+
+def test_a_customer_id_cannot_be_an_alias_person_id() -> None:
+    for reserved in ("anonymous:v1", "device:d1", "email:h1"):
+        with pytest.raises(ValueError, match="customer_id: must not start with"):
+            ev(customer_id=reserved)

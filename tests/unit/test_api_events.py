@@ -15,7 +15,7 @@ from features.store import StoreUnavailable
 from recsvc.app import create_app
 from recsvc.settings import Settings
 
-KEYS = "writer=events:write,reader=recs:read"
+KEYS = "writer=events:write,reader=recs:read,admin=admin"
 W = {"Authorization": "Bearer writer"}
 R = {"Authorization": "Bearer reader"}
 
@@ -79,6 +79,8 @@ async def test_a_full_batch_of_1000_is_accepted(client: AsyncTestClient, store: 
         ([event(type="offer_accept")], "$[0].offer_id"),
         ([event(customer_id="a}b")], "$[0].customer_id"),
         ([event(customer_id="x" * 129)], "$[0].customer_id"),
+        ([event(customer_id="anonymous:v1")], "$[0].customer_id"),  # the person id of anonymous visitor v1
+        ([event(), event(customer_id="device:d1")], "$[1].customer_id"),
         ([event(context={"country": "UK", "mood": "happy"})], "$[0].context.mood"),
         ([event(properties={f"k{i}": i for i in range(51)})], "$[0].properties"),
         ([event(surprise=1)], "$[0].surprise"),
@@ -123,6 +125,40 @@ async def test_malformed_bodies_are_4xx_with_the_error_shape(
     assert r.status_code == status, r.text
     assert set(r.json()) >= {"error", "detail", "field"}
     await assert_nothing_stored(store)
+
+
+def spliced(body: object, marker: str, raw: bytes) -> bytes:
+    """The JSON text of `body` with the string `marker` replaced by raw bytes (which may not be UTF-8)."""
+    return json.dumps(body, ensure_ascii=False).encode().replace(marker.encode(), raw)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (event(customer_id="@@"), "$.customer_id"),
+        ([event(event_id=f"e{n}") for n in range(3)] + [event(item_id="@@")], "$[3].item_id"),
+        ([event(), event(context={"country": "@@"})], "$[1].context.country"),
+        ([event(properties={"q": "@@"})], "$[0].properties.q"),
+        ([event(properties={"@@": 1})], "$[0].properties"),  # a key: the object holding it
+    ],
+)
+async def test_invalid_utf8_inside_a_string_names_its_field(
+    client: AsyncTestClient, store: MemoryFeatureStore, body: object, field: str
+) -> None:
+    for raw in (b"caf\xe9", b"\xff\xfe", b"ok\xc3"):  # latin-1, never UTF-8, a truncated sequence
+        headers = {**W, "Content-Type": "application/json"}
+        r = await client.post("/v1/events", content=spliced(body, "@@", raw), headers=headers)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "malformed_body" and r.json()["field"] == field, r.json()
+        assert "UTF-8" in r.json()["detail"]
+    await assert_nothing_stored(store)
+
+
+async def test_invalid_utf8_in_a_catalog_item_names_its_field(client: AsyncTestClient) -> None:
+    body = {"items": [{"item_id": "A", "title": "mug"}, {"item_id": "B", "title": "@@"}]}
+    raw = spliced(body, "@@", b"\xe9t\xe9")
+    r = await client.put("/v1/catalog/items", content=raw, headers={"Authorization": "Bearer admin"})
+    assert r.status_code == 400 and r.json()["field"] == "$.items[1].title", r.text
 
 
 async def test_body_over_one_megabyte_is_413(client: AsyncTestClient, store: MemoryFeatureStore) -> None:

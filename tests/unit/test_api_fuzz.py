@@ -83,3 +83,32 @@ def test_no_path_id_gives_a_500(client: TestClient, any_id: str) -> None:
               client.get(f"/v1/catalog/items/{quoted}", headers=AUTH)):
         check(r)
         assert r.status_code in (200, 400, 404, 405), r.text
+
+
+def not_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+STRING_FIELDS = ["customer_id", "anonymous_id", "item_id", "event_id", "type", "channel"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    field=st.sampled_from(STRING_FIELDS),
+    at=st.integers(0, 2),
+    # no quote, backslash or control byte: those break the JSON itself, whatever the encoding
+    raw=st.binary(min_size=1, max_size=6).filter(lambda b: not_utf8(b) and min(b) >= 0x20 and not {34, 92} & set(b)),
+)
+def test_bytes_that_are_not_utf8_are_400_naming_their_field(
+    client: TestClient, field: str, at: int, raw: bytes
+) -> None:
+    batch = [dict(VALID) for _ in range(3)]
+    batch[at][field] = "@@"
+    body = json.dumps(batch).encode().replace(b"@@", raw)
+    r = client.post("/v1/events", content=body, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"] == "malformed_body", r.text
+    assert r.json()["field"] == f"$[{at}].{field}", r.text

@@ -9,11 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from features.keys import ALIAS_PREFIXES
 from features.schema import CHANNELS, CONTENT_EVENTS, EVENT_TYPES, ITEM_EVENTS, OFFER_EVENTS, Event, decode_events
 from recsvc.errors import field_of
 
 ids = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), blacklist_characters="{}*?[]"),
               min_size=1, max_size=40).filter(lambda s: s.strip() == s and not any(c.isspace() for c in s))
+customer_ids = ids.filter(lambda s: not s.startswith(ALIAS_PREFIXES))
 when = st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime.now() - timedelta(days=1), timezones=st.just(timezone.utc))
 
 
@@ -23,7 +25,7 @@ def valid_events(draw: st.DrawFn) -> dict[str, object]:
     ev: dict[str, object] = {"type": etype, "channel": draw(st.sampled_from(CHANNELS))}
     idkeys = draw(st.lists(st.sampled_from(["customer_id", "anonymous_id", "device_id", "email_hash"]), min_size=1, unique=True))
     for k in idkeys:
-        ev[k] = draw(ids)
+        ev[k] = draw(customer_ids if k == "customer_id" else ids)
     if etype in ITEM_EVENTS or draw(st.booleans()):
         ev["item_id"] = draw(ids)
     if etype in OFFER_EVENTS:
@@ -60,6 +62,7 @@ BREAKERS = {
     "quantity": lambda ev: {**ev, "quantity": 10**7},
     "value": lambda ev: {**ev, "value": -1e10},
     "item_id": lambda ev: {**ev, "item_id": "has space"},
+    "offer_id": lambda ev: {**ev, "offer_id": "o1\n"},  # one trailing newline: a regex ending in $ lets it by
 }
 
 
@@ -71,3 +74,22 @@ def test_broken_events_are_refused_naming_the_field(ev: dict[str, object], field
         decode_events(msgspec.json.encode([ev, bad]))
     _, path = field_of(str(info.value))
     assert path == f"$[1].{field}", (str(info.value), path)
+
+
+@settings(max_examples=100, deadline=None)
+@given(valid_events(), st.sampled_from(ALIAS_PREFIXES), ids)
+def test_a_customer_id_that_looks_like_an_alias_person_is_refused(
+    ev: dict[str, object], prefix: str, rest: str
+) -> None:
+    """"anonymous:v1" is the person id of anonymous visitor v1: a customer of that id would be the same person."""
+    with pytest.raises(msgspec.ValidationError) as info:
+        decode_events(msgspec.json.encode([ev, {**ev, "customer_id": prefix + rest}]))
+    detail, path = field_of(str(info.value))
+    assert path == "$[1].customer_id" and prefix in detail
+    [ok] = decode_events(msgspec.json.encode({**ev, "anonymous_id": prefix + rest}))  # only customer ids are reserved
+    assert ok.anonymous_id == prefix + rest
+
+
+def test_customer_ids_with_other_colons_stay_valid() -> None:
+    [ev] = decode_events(b'{"type": "search", "channel": "web", "customer_id": "shop:eu:42"}')
+    assert ev.customer_id == "shop:eu:42"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from features.categories import categorize
-from features.importers import ImportReport, import_events, import_online_retail, online_retail_rows
+from features.importers import ImportReport, UnreadableFile, import_events, import_online_retail, online_retail_rows
 from features.memory_store import MemoryFeatureStore
+from features.offline_log import read_catalog, read_events
+from recsvc import cli
 
 CSV = """InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
 536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom
@@ -101,11 +104,167 @@ async def test_import_events_each_format_reports_bad_rows(tmp_path: Path, fmt: s
     assert any("row 4" in e and "identifier" in e for e in report.examples), report.examples
     p = await store.profile("c1")
     assert p is not None and p.country == "DE" and p.counts == {"type:view": 1, "type:purchase": 1, "channel:app": 1, "channel:store": 1}
+    before = await store.profile("c1", now=1.72e9)
     again = await import_events(store, path, progress=False)
-    assert again.accepted == 2  # no event_id in the file: a re-import is new events; give ids to make it idempotent
+    assert (again.accepted, again.duplicates) == (0, 2)  # rows without event_id get one from their content
+    assert await store.profile("c1", now=1.72e9) == before
 
 
 async def test_unsupported_file_type(tmp_path: Path) -> None:
     (tmp_path / "x.xml").write_text("<a/>")
     with pytest.raises(ValueError, match="path: unsupported"):
         await import_events(MemoryFeatureStore(), tmp_path / "x.xml", progress=False)
+
+
+
+# ---- rows without event_id: content ids ----
+
+
+def write_rows(path: Path, rows: list[dict[str, object]]) -> Path:
+    """One file of rows in the format its name says (every cell as text, as a CSV would hold it)."""
+    cols = sorted({k for r in rows for k in r})
+    if path.suffix == ".csv":
+        lines = [",".join(cols)] + [",".join('"' + str(r.get(c, "")).replace('"', '""') + '"' for c in cols) for r in rows]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    elif path.suffix == ".ndjson":
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    else:
+        pq.write_table(pa.table({c: [None if r.get(c) is None else str(r[c]) for r in rows] for c in cols}), path)
+    return path
+
+
+async def test_rows_without_event_id_dedupe_across_files_and_formats(tmp_path: Path) -> None:
+    row = {"type": "purchase", "channel": "web", "customer_id": "c9", "item_id": "杯子", "quantity": 2, "value": 3.5,
+           "timestamp": "2024-05-01T12:00:00+02:00", "properties": json.dumps({"b": 1, "a": "x"})}
+    same_elsewhere = {**row, "timestamp": "2024-05-01T10:00:00Z", "properties": json.dumps({"a": "x", "b": 1})}
+    other = {**row, "quantity": 3}
+    store = MemoryFeatureStore()
+    first = await import_events(store, write_rows(tmp_path / "a.csv", [row, other]), progress=False)
+    assert (first.accepted, first.duplicates) == (2, 0)
+    for path in (write_rows(tmp_path / "b.ndjson", [same_elsewhere]), write_rows(tmp_path / "c.parquet", [row])):
+        again = await import_events(store, path, progress=False)
+        assert (again.accepted, again.duplicates) == (0, 1), path  # same content: same id, whatever the format
+    ids = {r.event_id for _, r in await store.log_read("g", "w", 100) if hasattr(r, "event_id")}
+    assert len(ids) == 2 and all(i.startswith("imp-") and len(i) == 36 for i in ids)
+    p = await store.profile("c9")
+    assert p is not None and p.orders == 2
+
+
+# ---- bad lines and unreadable files ----
+
+
+async def test_a_bad_ndjson_line_is_skipped_with_its_line_number(tmp_path: Path) -> None:
+    good = {"type": "view", "channel": "web", "customer_id": "c1", "item_id": "A", "timestamp": "2024-05-01T10:00:00Z"}
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"\n".join([
+        json.dumps(good).encode(),
+        b"",  # blank lines are not rows
+        b'{"type": "view", "channel": ',  # truncated JSON
+        json.dumps({**good, "item_id": "B"}).encode(),
+        b'{"type": "view", "channel": "web", "customer_id": "caf\xe9", "item_id": "A"}',  # latin-1, not UTF-8
+        b"[1, 2]",
+        json.dumps({**good, "item_id": "C"}).encode(),
+    ]) + b"\n")
+    store = MemoryFeatureStore()
+    report = await import_events(store, path, progress=False)
+    assert (report.rows, report.events, report.accepted) == (6, 3, 3)
+    assert report.skipped == {"not valid JSON": 1, "not valid UTF-8": 1, "not a JSON object": 1}
+    assert report.examples[0].startswith("row 2 (line 3): not valid JSON")
+    assert report.examples[1] == "row 4 (line 5): not valid UTF-8 (byte 55 of the line)"
+    assert report.examples[2] == "row 5 (line 6): not a JSON object (list)"
+    p = await store.profile("c1")
+    assert p is not None and [r.item_id for r in p.recent] == ["C", "B", "A"]
+
+
+async def test_a_bad_csv_row_is_skipped_and_the_rest_imported(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv.gz"
+    path.write_bytes(gzip.compress(
+        "\ufefftype,channel,customer_id,item_id,timestamp\n".encode()  # a byte-order mark is not part of the header
+        + b"view,web,c1,A,2024-05-01T10:00:00Z\n"
+        + b"view,web,caf\xe9,A,2024-05-01T10:00:00Z\n"  # one latin-1 byte
+        + b'view,web,c1,"B\nwith a newline",2024-05-01T10:01:00Z\n'  # a quoted cell over two lines
+        + b"view,web,c1,C,2024-05-01T10:02:00Z,surplus\n"
+        + "view,web,顾客,D,2024-05-01T10:03:00Z\n".encode()
+    ))
+    store = MemoryFeatureStore()
+    report = await import_events(store, path, progress=False)
+    assert (report.rows, report.accepted) == (5, 2), report.examples
+    assert report.examples[0] == "row 2 (line 3): not valid UTF-8 (column customer_id)"
+    assert report.examples[1].startswith("row 3 (line 4): ") and "$.item_id" in report.examples[1]  # no newline in ids
+    assert report.examples[2] == "row 4 (line 6): more cells than the header has columns (6 > 5)"
+    assert await store.profile("顾客") is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("events.csv.gz", b"not gzip at all", "Not a gzipped file"),
+        ("events.parquet", b"PAR1 not really", "cannot read"),
+        ("events.csv", "type,channel\n".encode("utf-16"), "header: not valid UTF-8"),
+        ("events.ndjson", b"\xff\xfe{\x00\n\xff\n", "no row could be read"),
+    ],
+)
+async def test_a_file_that_cannot_be_read_at_all_is_an_error(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    store = MemoryFeatureStore()
+    with pytest.raises(UnreadableFile, match=message):
+        await import_events(store, path, progress=False)
+    assert await store.log_length() == 0
+
+
+def test_the_cli_exits_non_zero_for_an_unreadable_file(
+    cli_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "events.ndjson.gz"
+    path.write_bytes(b"\x1f\x8b truncated")
+    assert cli.main(["import", "events", str(path)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert not cli_env.exists()  # nothing drained
+
+
+# ---- importing twice through the command changes nothing on disk ----
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """`recsvc` with the embedded store and a temporary offline log."""
+    for var in ("RECSVC_REDIS_URL", "RECSVC_API_KEYS", "RECSVC_API_KEYS_FILE", "RECSVC_OPEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RECSVC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("RECSVC_LOG_JSON", "false")
+    return tmp_path / "data"
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    files = [p for p in sorted(root.rglob("*")) if p.is_file()]
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_importing_twice_through_the_cli_writes_no_new_files(
+    cli_env: Path, tmp_path: Path, retail_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = write_rows(tmp_path / "events.ndjson", [r for r in ROWS if r["type"] != "teleport"])
+    assert cli.main(["import", "online-retail", str(retail_csv)]) == 0
+    assert cli.main(["import", "events", str(events)]) == 0
+    first = snapshot(cli_env)
+    assert any(name.startswith("catalog/") for name in first) and sum(n.startswith("events/") for n in first) >= 2
+    capsys.readouterr()
+    assert cli.main(["import", "online-retail", str(retail_csv)]) == 0
+    assert cli.main(["import", "events", str(events)]) == 0
+    out = capsys.readouterr().out
+    assert "(0 accepted, 4 already there)" in out and "(0 accepted, 2 already there)" in out
+    assert snapshot(cli_env) == first  # same files, same bytes: the catalog snapshot kept the retail items too
+    assert read_events(cli_env).num_rows == 6
+    assert read_catalog(cli_env).num_rows == 2
+
+
+async def test_online_retail_skips_a_row_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "retail.csv"
+    path.write_bytes(CSV.encode() + b"536390,22142,CAF\xc9 MUG,1,2010-12-03 10:00:00,2.0,12583,France\n")
+    store = MemoryFeatureStore()
+    report = await import_online_retail(store, path, progress=False)
+    assert report.rows == 9 and report.skipped["not valid UTF-8"] == 1 and "row 10: not valid UTF-8" in report.examples
+    assert (report.events, report.accepted) == (4, 4)
