@@ -11,13 +11,15 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
 
 from features.clock import Clock
 from features.store import FeatureStore
 from recsvc.controllers.customers import CustomersController
 from recsvc.controllers.ingest import CatalogController, EventsController
 from recsvc.content_service import ContentService
-from recsvc.controllers.content import ContentCatalogController, CustomerContentController
+from recsvc.controllers.content import ContentCatalogController, customer_content_controller
+from recsvc.controllers.openapi import document_common_errors
 from recsvc.controllers.ops import health, metrics_route, ready
 from recsvc.controllers.recommendations import AdminController, RecommendationsController
 from recsvc.controllers.offers import ROUTES as OFFER_ROUTES
@@ -32,9 +34,9 @@ from recsvc.telemetry import RequestTelemetry, Scrape
 
 log = logging.getLogger("recsvc.app")
 
-# Every route of the service, grouped by resource.
+# Every route of the service, grouped by resource (plus the content route, made per app for its configured slots).
 ROUTES = [EventsController, CatalogController, CustomersController, RecommendationsController, AdminController,
-          ContentCatalogController, CustomerContentController, health, ready]
+          ContentCatalogController, health, ready]
 ROUTES += OFFER_ROUTES
 
 
@@ -63,7 +65,8 @@ def create_app(
                                        {digest[:12].decode() for digest, _ in keyring.keys})
     scrape = Scrape(services.get_models, services.get_decisions, lambda: content.size)
     app = Litestar(
-        route_handlers=[*ROUTES, metrics_route(scrape, settings.metrics_admin)],
+        route_handlers=[*ROUTES, customer_content_controller(settings.content_slots),
+                        metrics_route(scrape, settings.metrics_admin)],
         dependencies={
             "store": Provide(services.get_store, sync_to_thread=False),
             "models": Provide(services.get_models, sync_to_thread=False),
@@ -89,6 +92,10 @@ def create_app(
         ),
         debug=False,
     )
+    for route in app.routes:  # /schema: the error answers every route shares (guard, bad parameters)
+        if isinstance(route, HTTPRoute):
+            for handler in route.route_handlers:
+                document_common_errors(handler, bool(route.path_parameters))
     # outermost, around routing: every request is timed and gets an X-Request-ID, unmatched ones (404, 405) included
     app.asgi_handler = scrape.requests = RequestTelemetry(app.asgi_handler, settings.slow_request_ms / 1000.0)
     return app

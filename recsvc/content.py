@@ -7,7 +7,8 @@ score = 0.5 * affinity + 0.3 * segment + 0.2 * priority / 100, where
   priority = the item's priority, 0..100.
 Ties: higher priority first, then content_id ascending. A customer without history (or a degraded read) gets
 affinity 0 and no segment, so the order is priority order (cold start). Reasons name what contributed:
-`category:<the item's matching category>`, `segment:<segment>`, or `priority` when neither matched.
+`category:<the item's matching category>`, `segment:<segment>` (names as tokens: `segment:at_risk` for "at risk", see
+`recommend.token`), or `priority` when neither matched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from features.content import Content
+from recsvc.recommend import token
 
 W_AFFINITY = 0.5
 W_SEGMENT = 0.3
@@ -103,9 +105,9 @@ def rank(candidates: Sequence[Candidate], *, now: float, segment: str | None,
         score = W_AFFINITY * m + W_SEGMENT * s + W_PRIORITY * c.priority / 100.0
         reasons: tuple[str, ...] = ()
         if best is not None:
-            reasons += (f"category:{best}",)
+            reasons += (f"category:{token(best)}",)
         if s:
-            reasons += (f"segment:{segment}",)
+            reasons += (f"segment:{token(segment or '')}",)
         if not reasons:
             reasons = ("priority",)
         scored.append((-round(score, 9), -c.priority, c.content_id, Ranked(c, round(score, 6), reasons)))

@@ -59,6 +59,7 @@ class ContentAnswer(msgspec.Struct):
     slot: str
     decision_id: str
     model: str | None  # the segments champion whose published segment targeted this answer; None: rules only
+    model_version: str | None
     degraded: bool
     entries: list[ContentEntry]
 
@@ -215,7 +216,6 @@ class ContentService:
         ranked = rank(snap.placements.get((channel, slot), ()), now=now, segment=segment,
                       affinity=profile.category_affinity if profile is not None else (), k=k)
         seg_model = self._models().get(SEGMENTS) if segment is not None else None
-        model = seg_model.label if seg_model is not None else None
         if degraded:
             DEGRADED.labels("content").inc()
             FALLBACKS.labels("content", "degraded").inc()
@@ -227,11 +227,13 @@ class ContentService:
                                 score=r.score, reasons=list(r.reasons), url=r.candidate.url,
                                 image_url=r.candidate.image_url) for r in ranked]
         answer = ContentAnswer(customer_id=customer_id, channel=channel, slot=slot, decision_id=new_decision_id(),
-                               model=model, degraded=degraded, entries=entries)
+                               model=seg_model.family if seg_model is not None else None,
+                               model_version=seg_model.version if seg_model is not None else None,
+                               degraded=degraded, entries=entries)
         self._decisions().log(DecisionRecord(
             decision_id=answer.decision_id, ts=now, surface="content", channel=channel,
             person_id=profile.customer_id if profile is not None else customer_id, customer_id=customer_id,
-            model=model, policy="rules", degraded=degraded,
+            model=seg_model.label if seg_model is not None else None, policy="rules", degraded=degraded,
             entries=_json.encode([{"id": e.content_id, "score": e.score, "reasons": e.reasons}
                                   for e in entries]).decode(),
             context=_json.encode({"slot": slot, "k": k}).decode(),

@@ -14,9 +14,11 @@ by the caller, outside the requested category) and cap entries per top-level cat
 from __future__ import annotations
 
 import math
-from operator import itemgetter
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,18 @@ SESSION_ITEMS = 5  # most recent session items that seed similarity
 SESSION_DECAY = 0.7  # each older session item counts this much less
 MAX_REASONS = 3
 PRE_CACHE = 100_000  # customers whose precomputed candidates are kept as dicts (about 5 KB each)
+
+
+_NOT_TOKEN = re.compile(r"[^\w.-]+")
+
+
+@lru_cache(maxsize=4096)
+def token(name: str) -> str:
+    """A name (segment, category, country) as it appears in a reason code: one token, so `segment:at risk` becomes
+    `segment:at_risk`. Every run of characters other than letters, digits, `_`, `.` and `-` becomes one `_`; case is
+    kept (`trending_in:GB`, `category:Kitchen`). Item ids are never passed through this: they are ids, already free of
+    whitespace, and a client uses them as they are."""
+    return _NOT_TOKEN.sub("_", name).strip("_") or "_"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -418,7 +432,7 @@ def _parts(item: str, signals: Signals, live: LiveView, w: Weights, repeat_boost
         bought = item in live.purchased
         parts.append((w.model * m, "repeat" if bought else "for_you"))
         if bought and repeat_boost:
-            parts.append((repeat_boost * m, f"segment:{live.segment}"))
+            parts.append((repeat_boost * m, f"segment:{token(live.segment or '')}"))
     for sig, weight in ((signals.context, w.context), (signals.session, w.session), (signals.cart, w.cart)):
         v = sig.get(item)
         if v and weight:
@@ -427,7 +441,7 @@ def _parts(item: str, signals: Signals, live: LiveView, w: Weights, repeat_boost
         scored = [(live.category_affinity.get(c, 0.0), c) for c in cats_of(item)]
         best = max(scored, default=(0.0, ""))
         if best[0] > 0:
-            parts.append((w.category * best[0], f"category:{best[1]}"))
+            parts.append((w.category * best[0], f"category:{token(best[1])}"))
     t = signals.trending.get(item)
     if t and w.trending:
         parts.append((w.trending * t, signals.trending_label or "trending"))

@@ -24,6 +24,7 @@ from recsvc.recommend import (
     Signals,
     effective_weights,
     reasons,
+    token,
 )
 from recsvc.rules import ChannelRules, SegmentRules, Weights
 
@@ -327,7 +328,7 @@ def _all_parts(items: list[str], rec: ServingRecommender, arrays: CatalogArrays,
                 is_bought = item in live.purchased
                 parts.append((w.model * m, "repeat" if is_bought else "for_you"))
                 if is_bought and repeat_boost:
-                    parts.append((repeat_boost * m, f"segment:{live.segment}"))
+                    parts.append((repeat_boost * m, f"segment:{token(live.segment or '')}"))
             for weight, values, seeds in sims:
                 v, src = values[i]
                 if v:
@@ -340,7 +341,7 @@ def _all_parts(items: list[str], rec: ServingRecommender, arrays: CatalogArrays,
         if aff:
             best = max([(aff.get(c, 0.0), c) for c in cats], default=(0.0, ""))
             if best[0] > 0:
-                parts.append((w.category * best[0], f"category:{best[1]}"))
+                parts.append((w.category * best[0], f"category:{token(best[1])}"))
         if t and w.trending:
             parts.append((w.trending * t, sig.trending_label or "trending"))
         if p and w.popular:

@@ -3,7 +3,7 @@
 Per request it costs one profile read from the store (two pipelined round trips); popularity, trending and the catalog
 come from in-process snapshots refreshed in the background, so a request never waits on them and they keep serving
 (stale) when the store is down. When the profile read fails or overruns its timeout, the answer is built from the
-model and the snapshots alone and marked `degraded`.
+model and the snapshots alone and marked `degraded`; similar items likewise when a read they need fails (`similar`).
 
 Model scores: the champion bundle holds each known customer's ranked candidates. A customer it does not know, or who
 has bought since it was trained, is scored from the live profile by the full re-rank model in a worker thread; the
@@ -41,6 +41,7 @@ from recsvc.recommend import (
     Signals,
     blend,
     scaled,
+    token,
 )
 from recsvc.recommend_arrays import CatalogArrays, DenseSignals, blend_dense, dense, precomputed_dense, similarity
 from recsvc.rules import Rules
@@ -48,6 +49,8 @@ from recsvc.rules import Rules
 log = logging.getLogger("recsvc.serving")
 
 POPULAR_TTL_S = 10.0  # snapshot age after which a background refresh starts
+POPULAR_SCOPES = 1024  # (scope, window) snapshots with something in them kept, least recently used dropped first
+POPULAR_EMPTY = 256  # scopes that had nothing (a country nobody buys in), kept apart so they never push out the others
 CATALOG_TTL_S = 30.0
 CANDIDATES = 50  # from each popularity list (they are the weakest signals: only their head can reach the top)
 LIVE_CACHE = 20_000  # customers whose live model scores are kept
@@ -87,25 +90,47 @@ class SimilarAnswer(msgspec.Struct):
 
 class PopularSnapshots:
     """Top items per (scope, window) from the store, scaled so the best is 1, refreshed in the background once
-    older than `ttl_s`."""
+    older than `ttl_s`.
 
-    def __init__(self, store: Callable[[], FeatureStore], ttl_s: float = POPULAR_TTL_S, k: int = CANDIDATES) -> None:
+    Scopes come partly from callers (`co:<country>`), so the cache is bounded: at most `max_scopes` snapshots with
+    items, least recently used dropped first, and at most `max_empty` scopes remembered as empty for `ttl_s` (a value
+    asked for again costs no store read meanwhile; a flood of made-up countries only churns this second list, never
+    the snapshots that answers use)."""
+
+    def __init__(self, store: Callable[[], FeatureStore], ttl_s: float = POPULAR_TTL_S, k: int = CANDIDATES,
+                 max_scopes: int = POPULAR_SCOPES, max_empty: int = POPULAR_EMPTY) -> None:
         self._store = store
         self.ttl_s = ttl_s
         self.k = k
-        self._data: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
+        self.max_scopes = max_scopes
+        self.max_empty = max_empty
+        self._data: OrderedDict[tuple[str, str], tuple[float, dict[str, float]]] = OrderedDict()
+        self._empty: OrderedDict[tuple[str, str], float] = OrderedDict()  # scope -> when it was found empty
         self._refreshing: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def __len__(self) -> int:
+        return len(self._data) + len(self._empty)
+
     async def get(self, scope: str, window: str) -> dict[str, float]:
+        """The snapshot; {} when the scope has nothing or the store does not answer (see `read`)."""
+        try:
+            return await self.read(scope, window)
+        except StoreUnavailable:
+            return {}
+
+    async def read(self, scope: str, window: str) -> dict[str, float]:
+        """The snapshot, read from the store when this process has none (StoreUnavailable when that read fails)."""
         key = (scope, window)
         hit = self._data.get(key)
         if hit is None:
-            try:
-                await self._fetch(key)
-            except StoreUnavailable:
+            found = self._empty.get(key)
+            if found is not None and time.monotonic() - found <= self.ttl_s:
                 return {}
-            return self._data.get(key, (0.0, {}))[1]
+            await self._fetch(key)
+            got = self._data.get(key)
+            return got[1] if got is not None else {}
+        self._data.move_to_end(key)
         if time.monotonic() - hit[0] > self.ttl_s and key not in self._refreshing:
             self._refreshing.add(key)
             task = asyncio.create_task(self._refresh(key))
@@ -119,8 +144,20 @@ class PopularSnapshots:
         return hit[1] if hit is not None else {}
 
     async def _fetch(self, key: tuple[str, str]) -> None:
-        rows = await self._store().popular(key[0], key[1], k=self.k)  # type: ignore[arg-type]
-        self._data[key] = (time.monotonic(), scaled(rows))
+        rows = scaled(await self._store().popular(key[0], key[1], k=self.k))  # type: ignore[arg-type]
+        now = time.monotonic()
+        if rows:
+            self._empty.pop(key, None)
+            self._data[key] = (now, rows)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_scopes:
+                self._data.popitem(last=False)
+        else:
+            self._data.pop(key, None)
+            self._empty[key] = now
+            self._empty.move_to_end(key)
+            while len(self._empty) > self.max_empty:
+                self._empty.popitem(last=False)
 
     async def _refresh(self, key: tuple[str, str]) -> None:
         try:
@@ -323,12 +360,13 @@ class RecommendationService:
         except StoreUnavailable:
             feats, degraded = None, True
             DEGRADED.labels("recommendations").inc()
+            FALLBACKS.labels("recommendations", "degraded").inc()
         live = live_view(feats) if feats is not None else LiveView(person=customer_id)
         country = live.country or req.country
         snapshot = self.popular.cached if degraded else None  # degraded: what is in hand, never the store
         scope = f"co:{country}" if country else f"ch:{req.channel}"
         trend = snapshot(scope, "trend") if snapshot else await self.popular.get(scope, "trend")
-        label = f"trending_in:{country}" if country else f"trending_on:{req.channel}"
+        label = f"trending_in:{token(country)}" if country else f"trending_on:{req.channel}"
         if not trend and country:  # nothing trending in the country right now: the channel's trend
             scope = f"ch:{req.channel}"
             trend = snapshot(scope, "trend") if snapshot else await self.popular.get(scope, "trend")
@@ -350,8 +388,7 @@ class RecommendationService:
             dsig.cart = similarity(rec, live.cart[:5])
         dsig.trending, dsig.trending_extra = self._dense(model, trend)  # type: ignore[arg-type]
         if not popular:  # the store has nothing (or is down): the model's own popularity
-            top = rec.popularity.argsort()[::-1][:CANDIDATES]
-            popular = scaled((rec.item_ids[i], float(rec.popularity[i])) for i in top.tolist())
+            popular = _model_popularity(rec)
         dsig.popular, dsig.popular_extra = self._dense(model, popular)  # type: ignore[arg-type]
         entries = blend_dense(rec, self._catalog_arrays(model, catalog), dsig, live, catalog, rules, seg, req, now)  # type: ignore[arg-type]
         if dsig.has_model:
@@ -418,14 +455,22 @@ class RecommendationService:
 
     async def similar(self, item_id: str, channel: str, k: int) -> SimilarAnswer | None:
         """Items like `item_id` by the champion's neighbours; same-category popular items for an item the model does
-        not know; None when neither the model nor the catalog knows the item."""
+        not know; None when neither the model nor the catalog knows the item.
+
+        Degraded like recommendations: an item the model knows needs no store read (its neighbours come from the model,
+        availability from the catalog snapshot). Otherwise, when a read the answer needs fails or overruns the store's
+        timeout, the answer comes from what is in hand and says `degraded: true`: an item that must be looked up in
+        the store gets the most popular items (the last snapshot, else the model's own popularity), since its category
+        cannot be known; a same-category answer without a popularity snapshot uses the model's popularity."""
         self.catalog.maybe_refresh()
         model = self.recommender()
         rec = model.model if model is not None else None
         rules = self.rules.for_channel(channel)
         catalog = self.catalog.items
+        degraded = False
         entries: list[Recommendation] = []
         if rec is not None and item_id in rec.item_index:
+            policy = "neighbours"
             for other, s in rec.similar(item_id, 4 * k):
                 entry = catalog.get(other)
                 if rules.exclude_unavailable and entry is not None and not entry.available:
@@ -439,42 +484,77 @@ class RecommendationService:
                 try:
                     found = await self._store().get_items([item_id])
                 except StoreUnavailable:
-                    found = {}
-                if item_id not in found:
-                    return None
-                it = found[item_id]
-                me = CatalogEntry(it.available, tuple(it.categories), it.title)
-            FALLBACKS.labels("similar", "no_model" if rec is None else "unknown_to_model").inc()
-            entries = await self._same_category(item_id, me, channel, k)
+                    degraded = True
+                else:
+                    if item_id not in found:
+                        return None
+                    it = found[item_id]
+                    me = CatalogEntry(it.available, tuple(it.categories), it.title)
+            if me is None:  # the store is down and only it could say what the item is
+                policy = "popular"
+                entries = self._popular_entries(item_id, rec, rules.exclude_unavailable, k)
+            else:
+                FALLBACKS.labels("similar", "no_model" if rec is None else "unknown_to_model").inc()
+                policy = "category"
+                try:
+                    pop = self.popular.cached("all", "pop") if degraded else await self.popular.read("all", "pop")
+                except StoreUnavailable:
+                    pop, degraded = {}, True
+                entries = self._same_category(item_id, me, rules.exclude_unavailable, k, pop or _model_popularity(rec))
+        if degraded:
+            DEGRADED.labels("similar").inc()
+            FALLBACKS.labels("similar", "degraded").inc()
         decision_id = new_decision_id()
         self.decisions.log(DecisionRecord(
             decision_id=decision_id, ts=self.clock(), surface="similar", channel=channel, person_id="",
-            model=model.label if model else None, policy="neighbours" if rec is not None else "category",
+            model=model.label if model else None, policy=policy, degraded=degraded,
             entries=_json.encode([{"id": e.item_id, "score": e.score} for e in entries]).decode(),
             context=_json.encode({"item_id": item_id, "k": k}).decode(),
         ))
         return SimilarAnswer(item_id=item_id, channel=channel, decision_id=decision_id,
                              model=model.family if model else None, model_version=model.version if model else None,
-                             degraded=False, items=entries)
+                             degraded=degraded, items=entries)
 
-    async def _same_category(self, item_id: str, me: CatalogEntry, channel: str, k: int) -> list[Recommendation]:
+    def _same_category(self, item_id: str, me: CatalogEntry, exclude_unavailable: bool, k: int,
+                       pop: Mapping[str, float]) -> list[Recommendation]:
         cats = set(me.categories[-1:]) or set(me.categories)
         if not cats:
             return []
         catalog = self.catalog.items
-        rules = self.rules.for_channel(channel)
-        pop = await self.popular.get("all", "pop")
         out: list[tuple[float, str, str]] = []
         for other, entry in catalog.items():
-            if other == item_id or (rules.exclude_unavailable and not entry.available):
+            if other == item_id or (exclude_unavailable and not entry.available):
                 continue
             shared = cats & set(entry.categories)
             if shared:
                 out.append((pop.get(other, 0.0), other, sorted(shared)[0]))
         out.sort(key=lambda t: (-t[0], t[1]))
         best = out[0][0] if out and out[0][0] > 0 else 1.0
-        return [Recommendation(other, round(s / best, 6), [f"same_category:{cat}"], _title(catalog, other))
+        return [Recommendation(other, round(s / best, 6), [f"same_category:{token(cat)}"], _title(catalog, other))
                 for s, other, cat in out[:k]]
+
+    def _popular_entries(self, item_id: str, rec: ServingRecommender | None, exclude_unavailable: bool, k: int
+                         ) -> list[Recommendation]:
+        """The most popular items without asking the store: the last snapshot, else the model's popularity."""
+        pop = self.popular.cached("all", "pop") or _model_popularity(rec)
+        catalog = self.catalog.items
+        out: list[Recommendation] = []
+        for other, score in sorted(pop.items(), key=lambda t: (-t[1], t[0])):
+            entry = catalog.get(other)
+            if other == item_id or (exclude_unavailable and entry is not None and not entry.available):
+                continue
+            out.append(Recommendation(other, round(score, 6), ["popular"], _title(catalog, other)))
+            if len(out) >= k:
+                break
+        return out
+
+
+def _model_popularity(rec: ServingRecommender | None) -> dict[str, float]:
+    """The champion's own popularity (recent buyers when it was trained), scaled so the best is 1."""
+    if rec is None:
+        return {}
+    top = rec.popularity.argsort()[::-1][:CANDIDATES]
+    return scaled((rec.item_ids[i], float(rec.popularity[i])) for i in top.tolist())
 
 
 def _title(items: Mapping[str, CatalogEntry], item_id: str) -> str | None:

@@ -9,7 +9,8 @@ from litestar import Controller, Request, get, post, put
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from features.schema import ID_PATTERN, MAX_ITEMS_PER_UPSERT, IngestResult, Item, decode_events
+from features.schema import ID_PATTERN, MAX_ITEMS_PER_UPSERT, Event, IngestResult, Item, decode_events
+from recsvc.controllers.openapi import errors, request_body
 from recsvc.errors import NotFound
 from recsvc.lifespan import OffersDep, RecsDep, StoreDep
 
@@ -33,7 +34,10 @@ class EventsController(Controller):
     tags = ["events"]
     security = [{"apiKey": []}]
 
-    @post(status_code=HTTP_202_ACCEPTED, opt={"scope": "events:write"}, summary="Ingest one event or a batch (max 1,000)")
+    @post(status_code=HTTP_202_ACCEPTED, opt={"scope": "events:write"},
+          summary="Ingest one event or a batch (max 1,000)",
+          operation_class=request_body(Event | list[Event], "One event, or a JSON array of at most 1,000 events"),
+          responses=errors(400, 413, 422, 503))
     async def ingest(self, request: Request, offers: OffersDep) -> IngestResult:
         """Body: one event object or a JSON array of them. All-or-nothing validation: one bad event rejects the
         request before anything is stored. Replays (same event_id) are counted as duplicates, not stored again."""
@@ -50,7 +54,10 @@ class CatalogController(Controller):
     tags = ["catalog"]
     security = [{"apiKey": []}]
 
-    @put(opt={"scope": "admin"}, summary="Upsert catalog items in bulk")
+    @put(opt={"scope": "admin"}, summary="Upsert catalog items in bulk",
+         operation_class=request_body(list[Item] | ItemsBody, "A JSON array of items, or {\"items\": [...]}; at most "
+                                      f"{MAX_ITEMS_PER_UPSERT:,} per request"),
+         responses=errors(400, 413, 422, 503))
     async def upsert(self, request: Request, store: StoreDep, recs: RecsDep) -> UpsertResult:
         """Body: a JSON array of items, or {"items": [...]}; at most 10,000 per request. Availability changes apply
         to this worker's next answer at once, to other workers' within RECSVC_CATALOG_REFRESH_S."""
@@ -62,7 +69,7 @@ class CatalogController(Controller):
         recs.catalog.note(items)
         return UpsertResult(upserted=upserted)
 
-    @get("/{item_id:str}", opt={"scope": "recs:read"}, summary="One catalog item")
+    @get("/{item_id:str}", opt={"scope": "recs:read"}, summary="One catalog item", responses=errors(404, 503))
     async def get_item(self, item_id: ItemId, store: StoreDep) -> Item:
         found = await store.get_items([item_id])
         if item_id not in found:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 
 from recsvc.lifespan import ModelsDep, StoreDep
 from recsvc.models import RECOMMENDER, ModelRegistry
@@ -40,7 +41,9 @@ async def health() -> Health:
     return Health(status="ok")
 
 
-@get("/ready", tags=["ops"], summary="Ready: the feature store answers and the required champions are loaded")
+@get("/ready", tags=["ops"], summary="Ready: the feature store answers and the required champions are loaded",
+     responses={503: ResponseSpec(Readiness, description="Not ready: `missing` lists the store and/or the families "
+                                                         "not loaded", generate_examples=False)})
 async def ready(store: StoreDep, models: ModelsDep) -> Response[Readiness]:
     ok = await store.ping()
     versions = models.versions

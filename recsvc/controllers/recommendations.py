@@ -10,7 +10,8 @@ from litestar import Controller, get, post
 from litestar.params import PathParameter, QueryParameter
 
 from features.schema import ID_PATTERN, Channel
-from recsvc.errors import NotFound
+from recsvc.controllers.openapi import errors
+from recsvc.errors import NotFound, RecsvcError
 from recsvc.lifespan import ModelsDep, RecsDep
 from recsvc.models import FamilyStatus, RefreshReport
 from recsvc.recommend import Request
@@ -19,6 +20,10 @@ from recsvc.serving import RecommendationsAnswer, SimilarAnswer
 MAX_K = 100
 MAX_EXCLUDE = 200
 _ID = re.compile(ID_PATTERN)
+# A country name or code as events carry it ("GB", "United Kingdom", "Côte d'Ivoire"): letters first, then letters,
+# digits, spaces and . , ' ( ) & -; it selects a trending scope in the store, so nothing else gets through.
+COUNTRY_PATTERN = r"^[^\W\d_][\w .,'()&-]{0,63}$"
+_COUNTRY = re.compile(COUNTRY_PATTERN)
 
 CustomerId = Annotated[str, PathParameter(pattern=ID_PATTERN, max_length=128,
                                           description="customer id or a linked anonymous/device/email id")]
@@ -27,8 +32,19 @@ K = Annotated[int, QueryParameter(ge=1, le=MAX_K, description=f"number of items,
 ChannelQ = Annotated[Channel, QueryParameter(description="the channel asking: web, app, email, sms, store, call_center, social")]
 OptionalId = Annotated[str | None, QueryParameter(pattern=ID_PATTERN, max_length=128)]
 Text = Annotated[str | None, QueryParameter(min_length=1, max_length=128)]
+Country = Annotated[str | None, QueryParameter(
+    description="for visitors the store knows nothing about: trending in this country (a name or code as events "
+                "carry it; 1-64 characters: letters first, then letters, digits, spaces and . , ' ( ) & -)",
+    schema_extra={"pattern": COUNTRY_PATTERN, "maxLength": 64})]
 Exclude = Annotated[str | None, QueryParameter(max_length=MAX_EXCLUDE * 129,
                                                description=f"comma-separated item ids never to return (at most {MAX_EXCLUDE})")]
+
+
+class BadQuery(RecsvcError):
+    """A query parameter outside its allowed values (400, `field` = the parameter)."""
+
+    status_code = 400
+    error = "validation"
 
 
 def _exclude(value: str | None) -> frozenset[str]:
@@ -36,12 +52,21 @@ def _exclude(value: str | None) -> frozenset[str]:
         return frozenset()
     ids = [v.strip() for v in value.split(",") if v.strip()]
     if len(ids) > MAX_EXCLUDE:
-        raise msgspec.ValidationError(f"exclude: at most {MAX_EXCLUDE} item ids, got {len(ids)}")
+        raise BadQuery(f"exclude: at most {MAX_EXCLUDE} item ids, got {len(ids)}", "exclude")
     for v in ids:
         if not _ID.match(v):
-            raise msgspec.ValidationError(f"exclude: {v[:40]!r} is not a valid item id "
-                                          "(1-128 chars; no whitespace, braces, * ? [ ])")
+            raise BadQuery(f"exclude: {v[:40]!r} is not a valid item id (1-128 chars; no whitespace, braces, * ? [ ])",
+                           "exclude")
     return frozenset(ids)
+
+
+def _country(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _COUNTRY.fullmatch(value):  # not match: `$` would let a trailing newline through
+        raise BadQuery(f"country: {value[:40]!r} is not a country name or code (1-64 characters: letters first, then "
+                       "letters, digits, spaces and . , ' ( ) & -)", "country")
+    return value
 
 
 class RecommendationsController(Controller):
@@ -60,17 +85,21 @@ class RecommendationsController(Controller):
         context_item: OptionalId = None,
         exclude: Exclude = None,
         category: Text = None,
-        country: Text = None,
+        country: Country = None,
     ) -> RecommendationsAnswer:
         """Champion scores blended with the customer's live behaviour (session, cart, context item, category
         affinity) and trending items, filtered and diversified by the channel's rules. Works for anonymous ids;
         unknown customers get trending and popular items (`country` helps when the customer has none yet)."""
         req = Request(channel=channel, k=k, context_item=context_item, exclude=_exclude(exclude), category=category,
-                      country=country)
+                      country=_country(country))
         return await recs.recommend(customer_id, req)
 
-    @get("/items/{item_id:str}/similar", opt={"scope": "recs:read"}, summary="Items similar to one item")
+    @get("/items/{item_id:str}/similar", opt={"scope": "recs:read"}, summary="Items similar to one item",
+         responses=errors(404))
     async def similar(self, item_id: ItemId, recs: RecsDep, channel: ChannelQ = "web", k: K = 10) -> SimilarAnswer:
+        """The champion's nearest neighbours of the item; for an item the model does not know, the most popular items
+        of its catalog category. 404 when neither the model nor the catalog knows it. When the feature store does not
+        answer and the item has to be looked up in it, the most popular items, with `degraded: true`."""
         answer = await recs.similar(item_id, channel, k)
         if answer is None:
             raise NotFound(f"no catalog item {item_id!r}", "item_id")

@@ -110,8 +110,9 @@ def test_upsert_read_back_and_cold_start_priority_order(env: Env) -> None:
         assert got["body"] == "b" * 4000 and got["categories"] == ["Kitchen"] and got["priority"] == 10
         assert c.get("/v1/catalog/content/nope", headers=R).status_code == 404
         answer = ask(c, "stranger")
-        assert {k: answer[k] for k in ("customer_id", "channel", "slot", "model", "degraded")} == {
-            "customer_id": "stranger", "channel": "web", "slot": "hero", "model": None, "degraded": False}
+        assert {k: answer[k] for k in ("customer_id", "channel", "slot", "model", "model_version", "degraded")} == {
+            "customer_id": "stranger", "channel": "web", "slot": "hero", "model": None, "model_version": None,
+            "degraded": False}
         assert is_decision_id(answer["decision_id"])
         assert ids(answer) == ["high", "mid", "low"]  # priority order; unavailable and other placements left out
         assert answer["entries"][0] == {"content_id": "high", "kind": "banner", "title": "Title high", "score": 0.18,
@@ -142,18 +143,20 @@ def test_segment_targeting(env: Env) -> None:
     registry = ModelRegistry(None, {})
     registry.put(LoadedModel(SEGMENTS, "4", None, {}, {}, time.time()))
     with serve(env, models=registry) as (c, store):
-        c.put("/v1/catalog/content", json=[content("winback", priority=40, segments=["at_risk"]),
+        # "at risk" is the name the segments model publishes (with a space); reason codes carry it as one token
+        c.put("/v1/catalog/content", json=[content("winback", priority=40, segments=["at risk"]),
                                            content("vip", priority=100, segments=["vip"]),
                                            content("all", priority=60)], headers=A)
-        c.blocking_portal.call(store.set_traits, {"c1": {"segment": "at_risk"}, "c2": {"segment": "loyal"}})
+        c.blocking_portal.call(store.set_traits, {"c1": {"segment": "at risk"}, "c2": {"segment": "loyal"}})
         a1 = ask(c, "c1")
         # winback: 0.3 + 0.2 * 0.4 = 0.38 beats all: 0.2 * 0.6 = 0.12; vip targets another segment
         assert [(e["content_id"], e["score"], e["reasons"]) for e in a1["entries"]] == [
             ("winback", 0.38, ["segment:at_risk"]), ("all", 0.12, ["priority"])]
-        assert a1["model"] == "recsvc-segments@4"  # the champion whose published segment targeted this answer
+        # the champion whose published segment targeted this answer, named like recommendations name theirs
+        assert (a1["model"], a1["model_version"]) == ("recsvc-segments", "4") and is_decision_id(a1["decision_id"])
         assert ids(ask(c, "c2")) == ["all"]
         unknown = ask(c, "c3")
-        assert ids(unknown) == ["all"] and unknown["model"] is None
+        assert ids(unknown) == ["all"] and (unknown["model"], unknown["model_version"]) == (None, None)
 
 
 def test_answers_follow_events_that_change_category_affinity(env: Env) -> None:

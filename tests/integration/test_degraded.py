@@ -1,6 +1,6 @@
-"""Degraded mode against a real Redis that is stopped, then slowed, then back: recommendations keep answering from
-the model and the popularity snapshots (marked degraded, within the budget); ingestion refuses with 503 and
-Retry-After and stores nothing it cannot keep."""
+"""Degraded mode against a real Redis that is stopped, then slowed, then back: recommendations and similar items keep
+answering from the model and the popularity snapshots (marked degraded, within the budget); ingestion refuses with 503
+and Retry-After and stores nothing it cannot keep."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import redis
 from litestar.testing import AsyncTestClient
 
 from recsvc.app import create_app
+from recsvc.metrics import REGISTRY
 from recsvc.settings import Settings
 from tests.recs_fixtures import ITEMS, category, registry_with_bundle
 
@@ -134,3 +135,64 @@ async def test_redis_stopped_slow_and_back(private_redis: PrivateRedis, tmp_path
             assert during["degraded"] is True and elapsed < BUDGET_S
         finally:
             slow.wait()
+
+
+async def timed_similar(c: AsyncTestClient, item: str) -> tuple[int, dict[str, Any], float]:
+    t = time.perf_counter()
+    r = await c.get(f"/v1/items/{item}/similar", params={"k": 3}, headers=READ)
+    return r.status_code, r.json(), time.perf_counter() - t
+
+
+def similar_ids(answer: dict[str, Any]) -> list[str]:
+    return [e["item_id"] for e in answer["items"]]
+
+
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_similar_items_degrade_with_redis_stopped(private_redis: PrivateRedis, tmp_path: Path) -> None:
+    settings = Settings(load_models=False, api_keys=KEYS, log_json=False, redis_url=private_redis.url,
+                        redis_prefix="sim", redis_timeout_s=0.05)
+    catalog = [{"item_id": i, "categories": [category(i)]} for i in ITEMS] + [{"item_id": "NEW1", "categories": ["c1"]}]
+    async with AsyncTestClient(create_app(settings, models=registry_with_bundle(tmp_path))) as c:
+        assert (await c.put("/v1/catalog/items", json=catalog, headers=ADMIN)).status_code == 200
+        status, known, _ = await timed_similar(c, "I01")
+        assert (status, similar_ids(known), known["degraded"]) == (200, ["I00", "I02", "I03"], False)
+        assert (await timed_similar(c, "GONE"))[0] == 404  # nobody knows it, and the store says so
+
+        # down before any popularity was read: an item only the store could describe gets the model's popularity
+        private_redis.stop()
+        degraded_before = counted("recsvc_degraded_total", surface="similar")
+        fallbacks_before = counted("recsvc_fallbacks_total", surface="similar", reason="degraded")
+        status, blind, elapsed = await timed_similar(c, "NOT-IN-SNAPSHOT")
+        assert status == 200 and blind["degraded"] is True and elapsed < BUDGET_S, blind
+        assert similar_ids(blind) == ["I00", "I01", "I02"]  # the bundle's popularity: I00 most bought when trained
+        assert all(e["reasons"] == ["popular"] for e in blind["items"])
+        assert blind["model"] == "recsvc-recommender" and blind["model_version"] == "1"
+        assert counted("recsvc_degraded_total", surface="similar") == degraded_before + 1
+        assert counted("recsvc_fallbacks_total", surface="similar", reason="degraded") == fallbacks_before + 1
+        # the model knows I01: no store read is needed, the answer is the healthy one
+        status, known_down, elapsed = await timed_similar(c, "I01")
+        assert (status, similar_ids(known_down), known_down["degraded"]) == (200, similar_ids(known), False)
+        assert elapsed < BUDGET_S
+        # in the catalog snapshot but unknown to the model, no popularity snapshot: same category, model popularity
+        status, new_down, elapsed = await timed_similar(c, "NEW1")
+        assert status == 200 and new_down["degraded"] is True and elapsed < BUDGET_S
+        assert similar_ids(new_down) == ["I05", "I06", "I07"]
+        assert new_down["items"][0]["reasons"] == ["same_category:c1"]
+
+        private_redis.start()  # back, empty: the items and a best seller again, then down once more
+        assert (await c.put("/v1/catalog/items", json=catalog, headers=ADMIN)).status_code == 200
+        bought = await c.post("/v1/events", json=[{"type": "purchase", "channel": "web", "customer_id": f"b{n}",
+                                                   "item_id": "I19"} for n in range(3)], headers=WRITE)
+        assert bought.status_code == 202
+        status, new_up, _ = await timed_similar(c, "NEW1")  # reads the popularity snapshot
+        assert status == 200 and new_up["degraded"] is False
+        assert (await timed_similar(c, "GONE"))[0] == 404
+        private_redis.stop()
+        status, blind, elapsed = await timed_similar(c, "GONE")  # it may exist: the store cannot say
+        assert status == 200 and blind["degraded"] is True and elapsed < BUDGET_S
+        assert similar_ids(blind)[0] == "I19" and blind["items"][0]["reasons"] == ["popular"]  # the last snapshot
+        status, new_down, _ = await timed_similar(c, "NEW1")  # the snapshot in hand: the healthy answer
+        assert (status, similar_ids(new_down), new_down["degraded"]) == (200, similar_ids(new_up), False)

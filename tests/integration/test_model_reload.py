@@ -1,9 +1,11 @@
-"""Champions come from a real MLflow registry: loaded at start, hot-swapped under load without a failed request,
-corrupt artifacts refused, and the last good model kept while MLflow is unreachable."""
+"""Champions come from a real MLflow registry: loaded at start, hot-swapped under load without a failed request (on
+`POST /v1/admin/models/reload`, and by the polling loop with the Redis store), corrupt artifacts refused, and the last
+good model kept while MLflow is unreachable."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,49 @@ async def test_no_champion_yet_serves_fallbacks_and_is_not_ready(tmp_path: Path)
         await c.post("/v1/admin/models/reload", headers=ADMIN)
         assert await first_item(c) == (200, v1, "I03")
         assert (await c.get("/ready")).status_code == 200
+
+
+async def test_polling_swaps_in_a_new_champion_under_load_with_the_redis_store(tmp_path: Path, redis_url: str,
+                                                                                redis_prefix: str) -> None:
+    reg = Registry(tmp_path)
+    v1, _ = reg.publish(shift=0)
+    settings = Settings(api_keys=KEYS, log_json=False, tracking_uri=reg.uri, model_poll_s=0.2,
+                        model_cache_dir=tmp_path / "cache", redis_url=redis_url, redis_prefix=redis_prefix,
+                        redis_timeout_s=2.0, rate_limit_per_minute=0)  # the hammering below is not what is tested
+    async with AsyncTestClient(create_app(settings)) as c:
+        items = [{"item_id": i, "categories": [category(i)]} for i in ITEMS]
+        assert (await c.put("/v1/catalog/items", json=items, headers=ADMIN)).status_code == 200
+        ready = (await c.get("/ready")).json()
+        assert (ready["status"], ready["store"], ready["models"][RECOMMENDER]) == ("ready", "redis", v1)
+        assert await first_item(c) == (200, v1, "I03")
+
+        seen: list[tuple[int, str | None, str | None]] = []
+        stop = asyncio.Event()
+
+        async def hammer() -> None:
+            while not stop.is_set():
+                seen.append(await first_item(c))
+                await asyncio.sleep(0)  # the test client blocks this loop per request (the app runs in its own)
+
+        workers = [asyncio.create_task(hammer()) for _ in range(4)]
+        try:
+            await asyncio.sleep(0.3)  # a few polls that find nothing new
+            v2, _ = await asyncio.to_thread(reg.publish, 1)  # promoted in MLflow while requests are in flight
+            deadline = time.monotonic() + 30
+            while not any(v == v2 for _, v, _ in seen):
+                assert time.monotonic() < deadline, "the poller never loaded the new champion"
+                await asyncio.sleep(0.05)
+            after = len(seen)
+            while len(seen) < after + 20:  # and it keeps serving
+                await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+        assert all(status == 200 for status, _, _ in seen)  # no request failed during the swap
+        assert {(v, i) for _, v, i in seen} == {(v1, "I03"), (v2, "I08")}  # both served, whole models, never a mix
+        first_v2 = next(n for n, (_, v, _) in enumerate(seen) if v == v2)
+        assert all(v == v2 for _, v, _ in seen[first_v2 + 8:])  # once swapped, no way back (bar requests in flight)
+        assert await first_item(c) == (200, v2, "I08")
+        status = (await c.get("/v1/admin/models", headers=ADMIN)).json()
+        assert {m["family"]: m.get("version") for m in status["models"]}[RECOMMENDER] == v2
+        assert status["last_check"] is not None

@@ -136,6 +136,10 @@ async def test_cold_start_trending_then_session(store: FeatureStore, tmp_path: P
         fresh = await recs(c, "visitor-1", country="GB")
         assert fresh["source"] == "popular" and items(fresh)[0] == "I19"
         assert reasons(fresh)["I19"] == ["trending_in:GB"]
+        await post(c, {"type": "purchase", "channel": "web", "customer_id": "buyer8", "item_id": "I13",
+                       "context": {"country": "United Kingdom"}})
+        named = await recs(c, "visitor-2", country="United Kingdom")
+        assert items(named)[0] == "I13" and reasons(named)["I13"] == ["trending_in:United_Kingdom"]  # one token
         await post(c, {"type": "view", "channel": "web", "anonymous_id": "visitor-1", "item_id": "I11",
                        "context": {"session_id": "v1"}})
         session = await recs(c, "visitor-1")
@@ -156,6 +160,18 @@ async def test_customer_unknown_to_the_model_is_scored_live(store: FeatureStore,
             await asyncio.sleep(0.02)
         assert answer["source"] == "personalized"
         assert not {"I05", "I06", "I07"} & set(items(answer))  # bought just now: cool-down
+
+
+async def test_segment_reason_is_a_token(store: FeatureStore, tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"  # a boost strong enough to be a reason of its own (a quarter of the score)
+    rules.write_text('[segments."at risk"]\nrepeat_boost = 1.0\n', encoding="utf-8")
+    await store.set_traits({"u1": {"segment": "at risk"}})  # the name the segments model publishes
+    async with AsyncTestClient(app_for(store, tmp_path, rules)) as c:
+        await post(c, {"type": "purchase", "channel": "store", "customer_id": "u1", "item_id": "I01",
+                       "timestamp": "2020-01-02T00:00:00Z"})  # long before the cool-down: a repeat purchase
+        a = await recs(c, "u1")
+        assert reasons(a)["I01"] == ["repeat", "segment:at_risk"]
+        assert all(" " not in r for rs in reasons(a).values() for r in rs)
 
 
 async def test_similar_items(store: FeatureStore, tmp_path: Path) -> None:
@@ -199,13 +215,27 @@ async def test_bad_input_is_a_4xx_naming_the_field(store: FeatureStore, tmp_path
             ("/v1/customers/u1/recommendations?context_item=x*y", "context_item"),
             ("/v1/customers/u%7B1%7D/recommendations", "customer_id"),
             ("/v1/customers/a%0Ab/recommendations", "customer_id"),
+            ("/v1/customers/u1%0A/recommendations", "customer_id"),  # a trailing newline too ($ would let it by)
+            ("/v1/items/I01%0A/similar", "item_id"),
+            ("/v1/customers/u1/recommendations?context_item=I01%0A", "context_item"),
             ("/v1/items/I%3F1/similar", "item_id"),
             ("/v1/items/I01/similar?k=0", "k"),
+            ("/v1/customers/u1/recommendations?country=GB%0A", "country"),
+            ("/v1/customers/u1/recommendations?country=co%3AGB", "country"),
+            ("/v1/customers/u1/recommendations?country=G%2A", "country"),
+            ("/v1/customers/u1/recommendations?country=%7BGB%7D", "country"),
+            ("/v1/customers/u1/recommendations?country=12", "country"),
+            (f"/v1/customers/u1/recommendations?country={'A' * 65}", "country"),
         ]
         for url, field in cases:
             r = await c.get(url, headers=READ)
             assert 400 <= r.status_code < 500, (url, r.status_code, r.text)
             assert field in (r.json().get("field") or "") + r.json()["detail"], (url, r.text)
+        bad = await c.get("/v1/customers/u1/recommendations?country=GB%0A", headers=READ)
+        assert (bad.status_code, bad.json()["field"]) == (400, "country")
+        assert (await c.get("/v1/customers/u1/recommendations?exclude=a%7B", headers=READ)).json()["field"] == "exclude"
+        for country in ("GB", "United Kingdom", "Côte d'Ivoire", "St. Kitts & Nevis", "Korea (South)", "A" * 64):
+            assert (await recs(c, "nobody", country=country))["source"] == "popular", country
         odd = await recs(c, "x:y")  # ':' is allowed inside a hash tag: a valid cold-start answer
         assert odd["source"] == "popular"
         assert (await c.get("/v1/customers/u1/recommendations")).status_code == 401

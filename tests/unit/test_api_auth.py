@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar.testing import TestClient
@@ -105,6 +106,26 @@ def test_refuses_to_start_on_bad_or_missing_keys(tmp_path: Path, spec: str, file
     assert "justakey" not in str(info.value)  # a malformed secret is never echoed
 
 
+def test_hashed_key_file_through_http(tmp_path: Path) -> None:
+    """Keys only the file knows, as hashes (one in upper-case hex), with no RECSVC_API_KEYS: authentication, scopes and
+    the rate limiter's per-key budget all work from the hashes."""
+    keyfile = tmp_path / "keys"
+    keyfile.write_text(f"# web tier\n{hash_key('s3cret')} recs:read\n{hash_key('r00t').upper()}  admin\n")
+    settings = Settings(load_models=False, api_keys_file=str(keyfile), log_json=False, rate_limit_per_minute=3)
+    with TestClient(create_app(settings, store=MemoryFeatureStore())) as c:
+        assert c.get("/v1/catalog/items/A", headers=bearer("s3cret")).status_code == 404  # in, with recs:read
+        assert c.post("/v1/events", json=EVENT, headers=bearer("s3cret")).status_code == 403  # not events:write
+        assert c.post("/v1/events", json=EVENT, headers=bearer("r00t")).status_code == 202  # admin implies it
+        for wrong in (hash_key("s3cret"), "S3CRET", "s3cretx"):  # the stored hash is not a key
+            r = c.get("/v1/catalog/items/A", headers=bearer(wrong))
+            assert r.status_code == 401 and r.json()["error"] == "unauthorized", wrong
+        # the 403 was refused before the limiter counted it: two more fit in the key's three a minute
+        assert [c.get("/v1/catalog/items/A", headers=bearer("s3cret")).status_code for _ in range(2)] == [404, 404]
+        limited = c.get("/v1/catalog/items/A", headers=bearer("s3cret"))
+        assert limited.status_code == 429 and limited.headers["retry-after"]
+        assert c.get("/v1/catalog/items/A", headers=bearer("r00t")).status_code == 404  # another key, its own budget
+
+
 def test_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="RECSVC_API_KEYS_FILE: cannot read"):
         create_app(Settings(load_models=False, api_keys_file=str(tmp_path / "absent")))
@@ -189,3 +210,55 @@ def test_rate_limit_hook() -> None:
         assert c.post("/v1/events", json=EVENT, headers=bearer("nope")).status_code == 401  # auth comes first
         assert c.get("/health").status_code == 200  # open routes are not limited
     assert limiter.calls == {hash_key("writer")[:12]: 4, hash_key("ops")[:12]: 1}
+
+
+def test_schema_documents_bodies_errors_and_enums() -> None:
+    """/schema: the raw-body routes have their request body, every guarded route the guard's answers, the shared error
+    shape, and content's channel and slot their allowed values (the slots as configured)."""
+    settings = Settings(load_models=False, api_keys=KEYS, log_json=False, content_slots=("hero", "promo_bar"))
+    with TestClient(create_app(settings, store=MemoryFeatureStore())) as c:
+        doc = c.get("/schema/openapi.json").json()
+        assert c.post("/v1/events", json=EVENT, headers=bearer("writer")).status_code == 202  # raw body still read
+    paths = doc["paths"]
+
+    def body(path: str, method: str) -> Any:
+        rb = paths[path][method]["requestBody"]
+        assert rb["required"] is True and rb["description"]
+        return rb["content"]["application/json"]["schema"]
+
+    events = body("/v1/events", "post")
+    one, many = sorted(events["anyOf"], key=lambda s: s.get("type") == "array")
+    assert many["items"] == one and one["title"] == "Event" and "item_id" in one["properties"]
+    assert "view" in one["properties"]["type"]["enum"] and "$ref" not in str(events)  # self-contained
+    items = body("/v1/catalog/items", "put")
+    assert {"array", "object"} == {s.get("type") for s in items["anyOf"]}
+    content = body("/v1/catalog/content", "put")
+    assert "slots" in str(content) and "content_id" in str(content) and "$ref" not in str(content)
+
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    assert set(doc["components"]["schemas"]["ErrorBody"]["properties"]) == {"error", "detail", "field"}
+    guarded = [(p, m, op) for p, item in paths.items() for m, op in item.items()
+               if isinstance(op, dict) and op.get("security")]
+    assert len(guarded) > 15
+    for path, method, op in guarded:
+        for status in ("401", "403", "429"):
+            answer = op["responses"].get(status)
+            assert answer and answer["content"]["application/json"]["schema"] == error_ref, (method, path, status)
+        if "400" in op["responses"]:  # the service's error shape, not Litestar's exception body
+            assert op["responses"]["400"]["content"]["application/json"]["schema"] == error_ref, (method, path)
+    for path, method, statuses in [("/v1/events", "post", {"400", "413", "422", "503"}),
+                                   ("/v1/catalog/items", "put", {"400", "413", "422", "503"}),
+                                   ("/v1/catalog/content", "put", {"400", "413", "422", "503"}),
+                                   ("/v1/catalog/items/{item_id}", "get", {"404", "503"}),
+                                   ("/v1/catalog/content/{content_id}", "get", {"404", "503"}),
+                                   ("/v1/items/{item_id}/similar", "get", {"400", "404"}),
+                                   ("/v1/customers/{customer_id}/recommendations", "get", {"400"})]:
+        assert statuses <= set(paths[path][method]["responses"]), (method, path)
+    assert "401" not in paths["/health"]["get"]["responses"]  # open routes: no guard answers
+    assert set(paths["/ready"]["get"]["responses"]) == {"200", "503"}
+
+    params = {q["name"]: q["schema"] for q in paths["/v1/customers/{customer_id}/content"]["get"]["parameters"]}
+    assert set(params["channel"]["enum"]) - {None} == {"web", "app", "email", "sms", "store", "call_center", "social"}
+    assert params["slot"]["enum"] == ["hero", "promo_bar"]
+    recs = {q["name"]: q["schema"] for q in paths["/v1/customers/{customer_id}/recommendations"]["get"]["parameters"]}
+    assert recs["country"]["maxLength"] == 64 and recs["country"]["pattern"]

@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 from litestar.testing import TestClient
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from features.memory_store import MemoryFeatureStore
-from features.schema import Profile
+from features.schema import Item, LiveFeatures, Profile
+from features.store import StoreUnavailable
 from recsvc.app import create_app
 from recsvc.metrics import REGISTRY
 from recsvc.models import FAMILIES, RECOMMENDER, SEGMENTS, LoadedModel, ModelRegistry
 from recsvc.settings import Settings
 from recsvc.telemetry import Scrape
+from tests.recs_fixtures import ITEMS, category, registry_with_bundle
 
 KEYS = "reader=recs:read,admin=admin"
 R = {"Authorization": "Bearer reader"}
@@ -201,3 +205,45 @@ def test_errors_and_slow_requests_are_logged_with_route_status_duration_and_requ
     slow = [r for r in lines if r["logger"] == "recsvc.access"]
     assert len(slow) == 1 and slow[0]["level"] == "warning" and slow[0]["request_id"] == "slow-1"
     assert (slow[0]["route"], slow[0]["status"]) == ("/health", 200)
+
+
+def scraped(c: TestClient, name: str, **labels: str) -> float:
+    """A sample's value as GET /metrics shows it (0 when the series does not exist yet)."""
+    for family in text_string_to_metric_families(c.get("/metrics").text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return 0.0
+
+
+class LiveDownStore(MemoryFeatureStore):
+    """The live read fails, as when Redis is down or over its timeout."""
+
+    async def live(self, any_id: str, since: float, now: float | None = None) -> LiveFeatures | None:
+        raise StoreUnavailable("redis: TimeoutError")
+
+
+def test_fallback_counters_in_metrics_count_each_fallback(tmp_path: Path) -> None:
+    fallbacks = "recsvc_fallbacks_total"
+
+    def moved(c: TestClient, ask: str, surface: str, reason: str) -> float:
+        before = scraped(c, fallbacks, surface=surface, reason=reason)
+        assert c.get(ask, headers=R).status_code == 200
+        return scraped(c, fallbacks, surface=surface, reason=reason) - before
+
+    with app_with() as c:  # no champion
+        assert moved(c, "/v1/customers/x/recommendations", "recommendations", "no_model") == 1
+        assert moved(c, "/v1/customers/x/content?channel=web&slot=hero", "content", "cold_start") == 1
+        assert moved(c, "/v1/customers/x/content?channel=web&slot=hero", "content", "no_candidates") == 1
+    store = MemoryFeatureStore()
+    asyncio.run(store.upsert_items([Item(item_id=i, categories=[category(i)]) for i in ITEMS]
+                                   + [Item(item_id="NEW", categories=["c1"])]))
+    with app_with(store=store, models=registry_with_bundle(tmp_path)) as c:
+        assert moved(c, "/v1/customers/stranger/recommendations", "recommendations", "cold_start") == 1
+        assert moved(c, "/v1/customers/u1/recommendations", "recommendations", "cold_start") == 0  # personalized
+        assert moved(c, "/v1/items/NEW/similar", "similar", "unknown_to_model") == 1
+        assert moved(c, "/v1/items/I01/similar", "similar", "unknown_to_model") == 0
+    with app_with(store=LiveDownStore(), models=registry_with_bundle(tmp_path / "b")) as c:
+        degraded = scraped(c, "recsvc_degraded_total", surface="recommendations")
+        assert moved(c, "/v1/customers/u1/recommendations", "recommendations", "degraded") == 1
+        assert scraped(c, "recsvc_degraded_total", surface="recommendations") == degraded + 1

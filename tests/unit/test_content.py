@@ -60,6 +60,12 @@ def test_category_and_segment_reasons_together() -> None:
     assert r.score == pytest.approx(0.25 + 0.3 + 0.04) and r.reasons == ("category:Garden", "segment:at_risk")
 
 
+def test_reason_codes_are_tokens() -> None:
+    spaced = cand("S", ("Home & Garden",), priority=10, segments=("at risk",))
+    [r] = rank([spaced], now=NOW, segment="at risk", affinity=[("home & garden", 2.0)], k=1)
+    assert r.reasons == ("category:Home_Garden", "segment:at_risk")
+
+
 def test_cold_start_is_priority_order_without_targeted_items() -> None:
     got = rank(CATALOG, now=NOW, segment=None, affinity=[], k=20)
     assert [r.candidate.content_id for r in got] == ["D", "A", "I", "B", "F"]

@@ -20,6 +20,7 @@ from recsvc.recommend import (
     reasons,
     scaled,
     similarity_signal,
+    token,
 )
 from recsvc.rules import ChannelRules, RulesError, SegmentRules, Weights, load_rules, parse_rules
 from tests.recs_fixtures import bundle_contents, category, write_bundle
@@ -99,6 +100,20 @@ def test_segment_rules_boost_repeat_purchases_and_say_so() -> None:
     out = blend(sig, live, {}, WEB, seg, Request("web", 2), NOW)
     assert ids(out) == ["OLD", "NEW"]  # 0.6 * 1.5 = 0.9 > 0.8
     assert out[0].reasons == ["repeat", "segment:at_risk"]
+
+
+def test_reason_codes_are_tokens() -> None:
+    assert token("at risk") == "at_risk" and token("Home & Garden") == "Home_Garden"
+    assert token("GB") == "GB" and token("Küche") == "Küche" and token("a.b-c_d") == "a.b-c_d"
+    assert token(" new:\tin\nstore ") == "new_in_store" and token("&&") == "_"
+    sig = Signals(model={"OLD": 0.6, "NEW": 0.8})
+    catalog = {"OLD": CatalogEntry(True, ("Home & Garden",)), "NEW": CatalogEntry(True, ("Toys",))}
+    live = LiveView(person="p", known=True, segment="at risk", purchased={"OLD"},  # as the segments model names it
+                    category_affinity={"Home & Garden": 1.0})
+    out = blend(sig, live, catalog, ChannelRules(weights=Weights(category=1.0)), SegmentRules(repeat_boost=1.0),
+                Request("web", 2), NOW)
+    # OLD: category 1.0, repeat 0.6, segment boost 1.0 * 0.6: each at least a quarter of 2.2
+    assert out[0].item_id == "OLD" and out[0].reasons == ["category:Home_Garden", "repeat", "segment:at_risk"]
 
 
 def test_reasons_keep_at_least_one_and_at_most_three() -> None:

@@ -50,7 +50,7 @@ def random_case(rec: ServingRecommender, seed: int) -> tuple:  # type: ignore[ty
     sig.trending_label = "trending_in:GB"
     sig.popular, sig.popular_extra = dense(rec, scores(rng.randrange(0, 8)))
     bought = set(rng.sample(universe, rng.randrange(0, 6)))
-    live = LiveView(person="p", known=True, segment="at_risk", purchased=bought,
+    live = LiveView(person="p", known=True, segment="at risk", purchased=bought,
                     purchased_recent={i: NOW - rng.randrange(0, 20) * 86400.0 for i in bought if rng.random() < 0.5},
                     returned=set(rng.sample(universe, rng.randrange(0, 3))), cart=rng.sample(universe, rng.randrange(0, 3)),
                     category_affinity={c: rng.random() for c in rng.sample(["c0", "c1", "c2", "c3", "Garden", "x"], 3)})
@@ -65,6 +65,17 @@ def random_case(rec: ServingRecommender, seed: int) -> tuple:  # type: ignore[ty
                   exclude=frozenset(rng.sample(universe, rng.randrange(0, 3))),
                   category=rng.choice([None, None, "C1", "garden", "x"]))
     return sig, live, catalog, rules, seg, req
+
+
+def test_array_blend_reasons_are_tokens(rec: ServingRecommender) -> None:
+    sig = DenseSignals(model=dense(rec, {"I01": 1.0, "I02": 0.5})[0])
+    catalog = {"I01": CatalogEntry(True, ("Home & Garden",)), "I02": CatalogEntry(True, ("Toys",))}
+    live = LiveView(person="p", known=True, segment="at risk", purchased={"I01"},
+                    category_affinity={"Home & Garden": 1.0})
+    rules = ChannelRules(purchased="allow", weights=Weights(category=1.0))
+    out = blend_dense(rec, CatalogArrays.build(rec, catalog), sig, live, catalog, rules, SegmentRules(repeat_boost=1.0),
+                      Request("web", 1), NOW)
+    assert out[0].item_id == "I01" and out[0].reasons == ["repeat", "segment:at_risk", "category:Home_Garden"]
 
 
 @settings(max_examples=300, deadline=None)
