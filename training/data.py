@@ -1,7 +1,7 @@
 """Training data from the offline log: interactions with type weights and time decay, the time split, fingerprints.
 
-Anonymous history is re-attributed through the logged identity links; erased customers never appear (read_events
-drops them).
+Anonymous history is re-attributed through the logged identity links; erased customers never appear: read_events
+drops their own rows, and `load_interactions` drops, after attribution, every row of an alias ever linked to them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from features.categories import categorize
 from features.keys import AFFINITY_WEIGHTS
 from features.offline_log import EVENT_SCHEMA, erased_ids, read_catalog, read_events, read_links
+from training.customers import is_customer, segments_at
 from training.models.base import TrainSet
 
 DAY = 86400.0
@@ -87,6 +88,57 @@ def _file_catalog(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame({"item_id": df["item_id"], "title": df[col].astype(str), "categories": None, "price": 0.0})
 
 
+ALIAS_COLUMNS = (("anonymous", "anonymous_id"), ("device", "device_id"), ("email", "email_hash"))
+
+
+def resolve_links(links: pd.DataFrame) -> dict[str, str]:
+    """alias -> the person its latest link points to, followed through chains (an alias linked to an anonymous person
+    that was later merged into a customer ends at the customer); a cycle stops where it closes."""
+    last = links.sort_values("ts", kind="stable").drop_duplicates("alias", keep="last")
+    direct = dict(zip(last["alias"], last["person_id"]))
+    out: dict[str, str] = {}
+    for alias, person in direct.items():
+        seen = {alias}
+        while person in direct and person not in seen:
+            seen.add(person)
+            person = direct[person]
+        out[alias] = person
+    return out
+
+
+def attribute(df: pd.DataFrame, links: pd.DataFrame) -> pd.Series:
+    """The person each log row belongs to: its customer id, else its person id mapped through the identity links."""
+    person = df["customer_id"].where(df["customer_id"].notna(), df["person_id"])
+    if len(links):
+        linked = person.map(resolve_links(links))
+        person = linked.where(linked.notna(), person)
+    return person
+
+
+def erased_closure(erased: set[str], links: pd.DataFrame) -> set[str]:
+    """The erased ids and every alias ever linked to one of them (at any time, through any chain), plus the
+    `kind:value` aliases of an erased raw value (`erase` accepts any id, as `resolve` does)."""
+    gone = set(erased)
+    pairs = list(zip(links["alias"], links["person_id"])) if len(links) else []
+    gone |= {a for a, _ in pairs if str(a).partition(":")[2] in erased}
+    while True:
+        more = {a for a, p in pairs if p in gone and a not in gone}
+        if not more:
+            return gone
+        gone |= more
+
+
+def erased_rows(df: pd.DataFrame, person: pd.Series, erased: set[str], links: pd.DataFrame) -> np.ndarray:
+    """Rows of an erased person: their own ids, history attributed to them through links, and rows without a
+    customer id that carry an alias ever tied to them (the alias is theirs, whoever it was last linked to)."""
+    gone = erased_closure(erased, links)
+    drop = df["customer_id"].isin(gone) | df["person_id"].isin(gone) | person.isin(gone)
+    anonymous = df["customer_id"].isna()
+    for kind, col in ALIAS_COLUMNS:
+        drop |= anonymous & ((kind + ":" + df[col]).isin(gone) | df[col].isin(erased))
+    return drop.to_numpy(dtype=bool)
+
+
 def load_interactions(
     source: str | Path | None = None,
     data_dir: str | Path | None = None,
@@ -96,10 +148,12 @@ def load_interactions(
 ) -> Dataset:
     """The offline log under `data_dir` (default RECSVC_DATA_DIR or var/data), or a Parquet/CSV file of log rows.
 
-    Anonymous history is attributed to the customer it was later linked to; erased customers are dropped (from
-    `erased.txt` under data_dir, for a file source too). The fingerprint covers the rows actually used.
+    Anonymous history is attributed to the person its alias was last linked to; erased customers (`erased.txt` under
+    data_dir) are dropped with every alias ever linked to them. A file source gets data_dir's erasures and identity
+    links too. The fingerprint covers the rows left after erasure.
     """
     data_dir = Path(data_dir if data_dir is not None else os.environ.get("RECSVC_DATA_DIR", "var/data"))
+    erased = erased_ids(data_dir)
     if source is None or str(source) in ("", "log"):
         table = read_events(data_dir, start, end)
         catalog = read_catalog(data_dir).to_pandas()
@@ -133,19 +187,16 @@ def load_interactions(
             df0 = df0[df0["ts"] >= start]
         if end is not None:
             df0 = df0[df0["ts"] < end]
-        erased = erased_ids(data_dir)
-        if erased:
-            df0 = df0[~(df0["customer_id"].isin(erased) | df0["person_id"].isin(erased))]
         table = pa.Table.from_pandas(df0.sort_values(["ts", "event_id"]), schema=EVENT_SCHEMA, preserve_index=False)
-        links = pd.DataFrame(columns=["alias", "person_id", "ts"])
+        links = read_links(data_dir).to_pandas()  # the log's identity links apply to exported log rows too
         name = f"file:{path}"
     df = table.to_pandas()
+    person = attribute(df, links)
+    if erased:
+        drop = erased_rows(df, person, erased, links)
+        df, person = df[~drop], person[~drop]
     fp = fingerprint(df)
-    person = df["customer_id"].where(df["customer_id"].notna(), df["person_id"])
-    if len(links):
-        last_link = links.sort_values("ts").drop_duplicates("alias", keep="last").set_index("alias")["person_id"]
-        person = person.map(lambda p: last_link.get(p, p))
-    keep = person.notna().to_numpy()
+    keep = person.notna()
     df, person = df[keep], person[keep]
     events = pd.DataFrame(
         {
@@ -174,11 +225,6 @@ def load_dataset(source: str | Path | None = None, data_dir: str | Path | None =
     return load_interactions(source, data_dir)
 
 
-def is_customer(user: str) -> bool:
-    """Anonymous people are `anonymous:…`, `device:…`, `email:…`; they train co-occurrence, not evaluation."""
-    return not user.startswith(("anonymous:", "device:", "email:"))
-
-
 def build_trainset(
     ds: Dataset,
     split_ts: float,
@@ -190,6 +236,9 @@ def build_trainset(
 
     Each event weighs `weights[type]` (default features.keys.AFFINITY_WEIGHTS: purchase >> add_to_cart > view;
     returns negative) times 2^(-age / half_life_days) at the split; a (customer, item) total below zero is zero.
+    Customer features: the last country seen before the split, and the RFM segment as of the split computed from
+    events before it alone (training.customers.segments_at); anonymous people and customers without a purchase
+    before the split have no segment.
     """
     if half_life_days <= 0:
         raise ValueError(f"half_life_days: must be positive, got {half_life_days}")
@@ -221,6 +270,7 @@ def build_trainset(
     keep = np.r_[(r_b[1:] != r_b[:-1]) | (c_b[1:] != c_b[:-1]), True] if len(r_b) else np.zeros(0, bool)
     last_ts = sp.csr_matrix((t_b[keep], (r_b[keep], c_b[keep])), shape=shape, dtype=np.float64)
     country = ev.sort_values("ts").dropna(subset=["country"]).groupby("user")["country"].last()
+    segment = segments_at(ds.events, split_ts)
     cat = ds.catalog.set_index("item_id") if len(ds.catalog) else pd.DataFrame(columns=["title", "categories", "price"])
     titles = [str(cat["title"].get(i, "")) if i in cat.index else "" for i in item_ids]
     cats = [
@@ -239,7 +289,7 @@ def build_trainset(
         item_title=titles,
         item_categories=cats,
         item_price=price,
-        user_segment=[None] * len(user_ids),
+        user_segment=[segment.get(u) for u in user_ids],
     )
 
 

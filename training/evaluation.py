@@ -8,7 +8,7 @@ customer never bought before the split are relevant, and items bought before are
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -56,6 +56,29 @@ def map_at_k(ranked: Sequence[int], relevant: set[int], k: int = K) -> float:
     return total / min(k, len(relevant))
 
 
+_DISCOUNT = 1.0 / np.log2(np.arange(2, 202))  # 1 / log2(rank + 1) for ranks 1..200
+
+
+def metric_curves(ranked: Sequence[int], relevant: set[int], depth: int = 20) -> np.ndarray:
+    """NDCG, Recall and MAP at every k = 1..depth in one pass: rows 0, 1, 2 of a (3, depth) array, each entry equal
+    to `ndcg_at_k`, `recall_at_k`, `map_at_k` at that k."""
+    _check_k(depth)
+    out = np.zeros((3, depth))
+    if not relevant:
+        return out
+    hits = np.zeros(depth)
+    top = list(ranked[:depth])
+    hits[: len(top)] = [item in relevant for item in top]
+    found = np.cumsum(hits)
+    ks = np.arange(1, depth + 1)
+    discount = _DISCOUNT[:depth] if depth <= len(_DISCOUNT) else 1.0 / np.log2(ks + 1)
+    ideal = np.cumsum(discount)[np.minimum(ks, len(relevant)) - 1]
+    out[0] = np.cumsum(hits * discount) / ideal
+    out[1] = found / len(relevant)
+    out[2] = np.cumsum(hits * found / ks) / np.minimum(ks, len(relevant))
+    return out
+
+
 @dataclass
 class Scores:
     recall: float
@@ -64,6 +87,8 @@ class Scores:
     coverage: float
     users: int
     curve: dict[int, float]  # ndcg@k for k = 1..20
+    recall_curve: dict[int, float] = field(default_factory=dict)  # recall@k for k = 1..20
+    map_curve: dict[int, float] = field(default_factory=dict)  # map@k for k = 1..20
 
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
@@ -101,7 +126,7 @@ def evaluate(
     """Average Recall/NDCG/MAP@k over the test customers, ranking in batches as the service does.
 
     "new": items bought before the split are never recommended, only never-bought items count as relevant, and
-    customers left with none are skipped. `curve` adds NDCG@1..20.
+    customers left with none are skipped. `curve` adds NDCG, Recall and MAP at k = 1..20.
     """
     if protocol not in ("all", "new"):
         raise ValueError(f"protocol: expected 'all' or 'new', got {protocol!r}")
@@ -111,7 +136,7 @@ def evaluate(
     depth = max(k, 20) if curve else k
     bought = train.purchases
     rec, nd, mp = [], [], []
-    curve_sum = np.zeros(20)
+    curve_sum = np.zeros((3, 20))  # ndcg, recall, map at k = 1..20
     shown: set[int] = set()
     for start in range(0, len(test.users), batch):
         us = test.users[start : start + batch]
@@ -126,7 +151,7 @@ def evaluate(
             nd.append(ndcg_at_k(items, relevant, k))
             mp.append(map_at_k(items, relevant, k))
             if curve:
-                curve_sum += [ndcg_at_k(items, relevant, kk) for kk in range(1, 21)]
+                curve_sum += metric_curves(items, relevant, 20)
             shown.update(items[:k])
     n = max(len(nd), 1)
     return Scores(
@@ -135,5 +160,7 @@ def evaluate(
         map=float(np.mean(mp)) if mp else 0.0,
         coverage=len(shown) / max(train.n_items, 1),
         users=len(nd),
-        curve={kk + 1: float(curve_sum[kk] / n) for kk in range(20)} if curve else {},
+        curve={kk + 1: float(curve_sum[0, kk] / n) for kk in range(20)} if curve else {},
+        recall_curve={kk + 1: float(curve_sum[1, kk] / n) for kk in range(20)} if curve else {},
+        map_curve={kk + 1: float(curve_sum[2, kk] / n) for kk in range(20)} if curve else {},
     )

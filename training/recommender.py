@@ -9,6 +9,7 @@ import json
 import logging
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+from matplotlib.figure import Figure
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -238,6 +240,7 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
         "validation_days": cfg.validation_days, "validation_windows": n_windows, "half_life_days": half_life,
         "event_weights": json.dumps(weights or {}), "train_users": train.n_users, "train_items": train.n_items,
         "train_interactions": train.weights.nnz, "test_users": len(test.users),
+        "train_user_segments": json.dumps(dict(sorted(Counter(s or "none" for s in train.user_segment).items()))),
         **{f"rerank.{k}": v for k, v in asdict(rp).items()},
         **{f"{m.name}.params": json.dumps(getattr(m, "params", {}), default=str)[:500] for m in models},
     }
@@ -250,9 +253,8 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
         for r in rows:
             mlflow.log_metrics(metric_row(r))
         mlflow.log_dict(report_dict(rows, ds.fingerprint), "evaluation.json")
-        fig = curves_figure(rows)
-        log_figure(fig, "ndcg_at_k.png")
-        fig.clf()
+        for metric in CURVES:  # plots/ndcg_at_k.png, recall_at_k.png, map_at_k.png
+            log_figure(curves_figure(rows, metric), f"{metric}_at_k.png")
         with tempfile.TemporaryDirectory() as d:
             save_recommender_bundle(Path(d), champion, serve_train, metrics, top_items, top_scores, split)
             log_bundle(Path(d))
@@ -317,8 +319,9 @@ def save_recommender_bundle(directory: Path, model: Reranker, train: TrainSet, m
     return save_bundle(directory, arrays, meta)
 
 
-def _scores(s: Scores) -> dict[str, float]:
-    return {"recall": s.recall, "ndcg": s.ndcg, "map": s.map, "coverage": s.coverage, "users": s.users}
+def _scores(s: Scores) -> dict[str, Any]:
+    return {"recall": s.recall, "ndcg": s.ndcg, "map": s.map, "coverage": s.coverage, "users": s.users,
+            "curves": {m: getattr(s, attr) for m, (attr, _) in CURVES.items()}}
 
 
 def report_dict(rows: list[ModelRow], fp: str) -> dict[str, Any]:
@@ -329,20 +332,23 @@ def report_dict(rows: list[ModelRow], fp: str) -> dict[str, Any]:
     }
 
 
-def curves_figure(rows: list[ModelRow]) -> Any:
-    import matplotlib
+CURVES = {"ndcg": ("curve", "NDCG@k"), "recall": ("recall_curve", "Recall@k"), "map": ("map_curve", "MAP@k")}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+def curves_figure(rows: list[ModelRow], metric: str = "ndcg") -> Any:
+    """`metric`@k for k = 1..20 of every model, protocol (a) left and (b) right; the champion candidate drawn bold."""
+    if metric not in CURVES:
+        raise ValueError(f"metric: expected one of {', '.join(CURVES)}, got {metric!r}")
+    attr, label = CURVES[metric]
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, proto in zip(axes, ("all", "new")):
         for r in rows:
-            curve = getattr(r, proto).curve
+            curve = getattr(getattr(r, proto), attr)
             if curve:
                 width = 2.5 if r.kind == "champion-candidate" else 1.0
                 ax.plot(list(curve), list(curve.values()), label=r.name, lw=width)
-        ax.set_title(f"NDCG@k, protocol ({'a' if proto == 'all' else 'b'}) {proto} items")
+        ax.set_title(f"{label}, protocol ({'a' if proto == 'all' else 'b'}) {proto} items")
         ax.set_xlabel("k")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)

@@ -4,6 +4,7 @@ a rerun reproduces the metrics and stays challenger; --force overrides and says 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,6 +82,20 @@ def test_train_register_promote_reproduce(log_file: Path, tmp_path: Path, capsys
     for model in ("popularity", "repeat", "als", "itemknn_bm25", "rerank"):
         assert f"{model}.ndcg_at_10_all" in metrics and f"{model}.fit_seconds" in metrics
     assert len(run.data.tags["data_fingerprint"]) == 64
+    # metric@k curves: NDCG, Recall and MAP plots are artifacts of the run, and the curves agree with the metrics
+    plots = {a.path for a in client.list_artifacts(champ.run_id, "plots")}
+    assert plots == {"plots/ndcg_at_k.png", "plots/recall_at_k.png", "plots/map_at_k.png"}
+    for plot in plots:
+        png = Path(client.download_artifacts(champ.run_id, plot, str(tmp_path / "plots")))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    report = client.download_artifacts(champ.run_id, "evaluation.json", str(tmp_path))
+    rerank = next(r for r in json.loads(Path(report).read_text())["rows"] if r["name"] == "rerank")
+    for metric, key in (("ndcg", "ndcg_at_10_all"), ("recall", "recall_at_10_all"), ("map", "map_at_10_all")):
+        assert rerank["all"]["curves"][metric]["10"] == pytest.approx(metrics[key], abs=1e-9)
+    # LightFM's customer features: every customer of the train set has a real RFM segment as of the split
+    segments = json.loads(run.data.params["train_user_segments"])
+    assert set(segments) <= {"champions", "loyal", "potential", "new", "at risk", "hibernating", "lost"}
+    assert sum(segments.values()) == 80 and len(segments) >= 2
     # planted habits: the re-ranker beats popularity on every item and finds the habit for most customers
     assert metrics["ndcg_at_10_all"] > metrics["popularity.ndcg_at_10_all"] + 0.2
 

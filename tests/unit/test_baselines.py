@@ -3,6 +3,8 @@ with decay, identity links, erasure, file validation and the fingerprint."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.offline_log import EVENT_SCHEMA, LINK_SCHEMA
-from training.data import DataError, build_testset, build_trainset, fingerprint, load_interactions, to_ts
+from features.memory_store import MemoryFeatureStore
+from features.offline_log import EVENT_SCHEMA, LINK_SCHEMA, drain, read_events, read_links
+from features.schema import Event
+from training.customers import SEGMENTS, customer_features, segments_at
+from training.data import DataError, build_testset, build_trainset, fingerprint, load_dataset, load_interactions, to_ts
 from training.models.baselines import Popularity, PopularityByCountry, RepeatPurchase
+from training.models.lightfm_hybrid import LightFMHybrid
 
 DAY = 86400.0
 SPLIT = to_ts("2011-06-01")
@@ -123,6 +129,86 @@ def test_links_attribute_anonymous_history_and_erasure_drops_customers(tmp_path:
     # the file source honours erased.txt too
     ds_file = load_interactions(write_file(tmp_path / "f.parquet", planted_rows()), tmp_path)
     assert "u1" not in set(ds_file.events["user"])
+
+
+def test_erased_person_stays_out_after_link_attribution(tmp_path: Path) -> None:
+    """An anonymous purchase later linked to u1 (by u1 logging in), then u1 erased: read_events keeps the anonymous row
+    (its ids are not u1's), and attribution through the link used to bring it back as u1. Nothing of u1, nor of the
+    aliases linked to them (anonymous x1, device d1, even when used again after the erasure), may reach training."""
+    def at(day: int) -> datetime:
+        return datetime.fromtimestamp(SPLIT - (40 - day) * DAY, tz=timezone.utc)
+
+    def buy(eid: str, item: str, day: int, **ids: str) -> Event:
+        return Event(type="purchase", channel="web", event_id=eid, item_id=item, value=3.0, quantity=1,
+                     timestamp=at(day), **ids)  # type: ignore[arg-type]
+
+    events = [
+        buy("x1-secret", "SECRET", 1, anonymous_id="x1"),  # anonymous, later linked to u1
+        buy("d1-secret", "SECRET2", 2, device_id="d1", anonymous_id="x1"),  # device d1 joins x1's person
+        buy("u1-login", "A", 3, customer_id="u1", anonymous_id="x1"),  # login: x1 and d1 are linked to u1
+        buy("x2-anon", "B", 4, anonymous_id="x2"),
+        buy("u2-login", "C", 5, customer_id="u2", anonymous_id="x2"),  # x2 linked to u2: kept, attributed to u2
+    ]
+    events += [buy(f"c{u}-{d}", "ABC"[(u + d) % 3], 6 + d, customer_id=f"c{u}") for u in range(8) for d in range(3)]
+    after = [buy("x1-after", "SECRET3", 30, anonymous_id="x1"), buy("d1-after", "SECRET3", 31, device_id="d1")]
+
+    async def go() -> None:
+        store = MemoryFeatureStore()
+        await store.ingest(events, now=SPLIT)
+        await store.erase("u1")
+        await store.ingest(after, now=SPLIT)
+        await drain(store, tmp_path)
+
+    asyncio.run(go())
+    links = read_links(tmp_path).to_pandas()
+    assert {("anonymous:x1", "u1"), ("anonymous:x2", "u2")} <= set(zip(links["alias"], links["person_id"]))
+    raw = set(read_events(tmp_path)["event_id"].to_pylist())
+    assert {"x1-secret", "d1-secret", "x1-after", "d1-after"} <= raw and "u1-login" not in raw  # the planted case
+
+    ds = load_interactions(None, tmp_path)
+    theirs = {"x1-secret", "d1-secret", "u1-login", "x1-after", "d1-after"}
+    assert not theirs & set(ds.events["event_id"]) and not {"SECRET", "SECRET2", "SECRET3"} & set(ds.events["item_id"])
+    assert "u1" not in set(ds.events["user"]) and not any("x1" in u or "d1" in u for u in ds.events["user"])
+    assert set(ds.events.loc[ds.events["event_id"] == "x2-anon", "user"]) == {"u2"}  # others' links still attribute
+    assert ds.fingerprint == fingerprint(read_events(tmp_path).to_pandas().query("event_id not in @theirs"))
+    # every training reader: the whole log (segments), the recommender's train and test sets, customer features
+    assert load_dataset(None, tmp_path).events.equals(ds.events)
+    train = build_trainset(ds, SPLIT + DAY)
+    assert "u1" not in train.user_ids and not any("x1" in u or "d1" in u for u in train.user_ids)
+    for item in ("SECRET", "SECRET2"):
+        assert item not in train.item_ids or train.weights[:, train.item_ids.index(item)].nnz == 0
+    assert "u1" not in customer_features(ds.events, SPLIT + DAY).index
+    # the same rows as a file source: data_dir's erasures and links apply the same way
+    as_file = write_file(tmp_path / "f.parquet", read_events(tmp_path).to_pylist())
+    from_file = load_interactions(as_file, tmp_path).events
+    assert set(from_file["event_id"]) == set(ds.events["event_id"]) and "u1" not in set(from_file["user"])
+
+
+def test_trainset_segments_come_from_before_the_split_and_reach_lightfm(tmp_path: Path) -> None:
+    rows = planted_rows()
+    # after the split u1, u2 and fr0 buy every day: counted, that would move them to the top of R and F
+    rows += [row(f"late{u}-{d}", u, "Q", -d - 0.5) for u in ("u1", "u2", "fr0") for d in range(30)]
+    ds = load_interactions(write_file(tmp_path / "log.parquet", rows), tmp_path)
+    train = build_trainset(ds, SPLIT)
+    seg = dict(zip(train.user_ids, train.user_segment))
+    # the RFM rules on the events before the split, and only those: the same as if the later events never happened
+    before = ds.events[ds.events["ts"] < SPLIT]
+    assert seg == {u: segments_at(before, SPLIT).get(u) for u in train.user_ids}
+    pre_only = load_interactions(write_file(tmp_path / "pre.parquet", [r for r in rows if r["ts"] < SPLIT]), tmp_path)
+    assert build_trainset(pre_only, SPLIT).user_segment == train.user_segment
+    later = segments_at(ds.events, SPLIT + 31 * DAY)
+    assert any(later[u] != seg[u] for u in ("u1", "u2", "fr0"))  # so a leak would show
+    # real segments for every customer who bought before the split; none for anonymous people and viewers only
+    assert all(seg[u] in SEGMENTS for u in ("u0", "u1", "u2", "u3", "u4", "fr0", "p0"))
+    assert seg["anonymous:x1"] is None and len(set(seg.values()) - {None}) >= 2
+    # LightFM gets both customer features: each customer's row holds its country and its segment
+    model = LightFMHybrid(no_components=4, epochs=2, user_metadata_weight=0.2)
+    model.fit(train)
+    names = model.user_space.names
+    assert {f"segment:{s}" for s in seg.values() if s} <= set(names) and {"country:UK", "country:FR"} <= set(names)
+    m = model.user_space.matrix.toarray()
+    u = train.user_ids.index("fr0")
+    assert m[u, names.index(f"segment:{seg['fr0']}")] > 0 and m[u, names.index("country:FR")] > 0
 
 
 def test_file_source_errors_name_the_field(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from features.bundle import load_bundle, save_bundle
 from features.propensity_model import FeatureSpec, PropensityModel, TreeEnsemble
 from training.config import TrainConfig
 from training.propensity import (
-    FREQ, INCOME, OFFER_TYPE, VISITS, export_trees, fit_trees, holdout_mask, replay_acceptance, survey_rows,
-    survey_spec, train_propensity,
+    FREQ, INCOME, OFFER_TYPE, VISITS, export_trees, fit_trees, holdout_mask, random_replay, replay_acceptance,
+    survey_rows, survey_spec, train_propensity,
 )
 
 TYPES = list(VISITS.values())
@@ -124,6 +124,14 @@ def test_planted_preference_is_learned_and_replayed() -> None:
     assert TYPES[int(np.argmax(scores))] == "Bar"
 
 
+def test_random_replay_weighs_offer_types_equally() -> None:
+    # Bar shown 4 times (1 accepted), Coffee House once (accepted): uniform random = (1/4 + 1) / 2, base rate 2/5
+    rows = [{OFFER_TYPE: "Bar"}] * 4 + [{OFFER_TYPE: "Coffee House"}]
+    y = np.array([1, 0, 0, 0, 1])
+    assert random_replay(rows, y) == pytest.approx(0.625) and y.mean() == pytest.approx(0.4)
+    assert np.isnan(random_replay([], np.zeros(0)))
+
+
 def test_train_propensity_logs_registers_and_loads(tmp_path: Path) -> None:
     data = tmp_path / "survey.csv"
     planted_survey(1600, seed=3).to_csv(data, index=False)
@@ -135,6 +143,8 @@ def test_train_propensity_logs_registers_and_loads(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     run = client.get_run(result.run_id)
     assert run.data.metrics["replay_acceptance"] == pytest.approx(result.metrics["replay_acceptance"])
+    assert run.data.metrics["replay_random"] == pytest.approx(result.metrics["replay_random"])
+    assert result.metrics["replay_acceptance"] > result.metrics["replay_random"] > 0  # the policy beats random
     assert len(run.data.tags["data_fingerprint"]) == 64
     assert {a.path for a in client.list_artifacts(result.run_id, "plots")} == {"plots/calibration.png"}
     path = Path(client.download_artifacts(result.run_id, "bundle", str(tmp_path / "dl")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from features.propensity_model import FeatureSpec
 from features.schema import Event, EventContext, Item
 from training.config import TrainConfig, load_config
 from training.data import build_testset, build_trainset, load_dataset, to_ts
+from training.evaluation import Scores, map_at_k, metric_curves, ndcg_at_k, recall_at_k
 from training.models.baselines import RepeatPurchase
 from training.models.implicit_models import ALS, ItemKNN
 from training.promote import register_and_promote
@@ -200,3 +202,97 @@ def test_segments_publish_traits_to_redis(log_dir: Path, tmp_path: Path, redis_u
 
     traits = asyncio.run(read())
     assert traits["segment"] == result.traits["u0"]["segment"] and float(traits["churn_risk"]) >= 0.0
+
+
+def test_metric_curves_by_hand() -> None:
+    # ranked [7, 3, 9], relevant {3, 9, 5}: hits at ranks 2 and 3
+    c = metric_curves([7, 3, 9], {3, 9, 5}, 4)
+    d2, d3 = 1 / np.log2(3), 1 / np.log2(4)
+    ideal = [1.0, 1.0 + d2, 1.0 + d2 + d3, 1.0 + d2 + d3]
+    np.testing.assert_allclose(c[0], [0.0, d2 / ideal[1], (d2 + d3) / ideal[2], (d2 + d3) / ideal[3]])
+    np.testing.assert_allclose(c[1], [0.0, 1 / 3, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(c[2], [0.0, (1 / 2) / 2, (1 / 2 + 2 / 3) / 3, (1 / 2 + 2 / 3) / 3])
+    for k in range(1, 5):  # the same as the single-k functions
+        assert c[:, k - 1] == pytest.approx([ndcg_at_k([7, 3, 9], {3, 9, 5}, k), recall_at_k([7, 3, 9], {3, 9, 5}, k),
+                                             map_at_k([7, 3, 9], {3, 9, 5}, k)])
+    assert not metric_curves([1, 2], set(), 3).any()
+
+
+def _doc_copy(tmp_path: Path) -> tuple[Path, str]:
+    original = (Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    path = tmp_path / "evaluation.md"
+    path.write_text(original, encoding="utf-8")
+    return path, original
+
+
+def _outside(text: str) -> str:
+    """The text with every generated block emptied: what the writer must leave as it was."""
+    return re.sub(r"(<!-- (\w+):start -->).*?(<!-- \2:end -->)", r"\1\3", text, flags=re.S)
+
+
+def test_doc_writer_fills_each_familys_block_and_leaves_the_rest(tmp_path: Path) -> None:
+    from training.docs import write_docs
+    from training.propensity import PropensityResult
+    from training.recommender import ModelRow, RecommenderResult
+    from training.segments import SegmentsResult
+
+    path, original = _doc_copy(tmp_path)
+    cfg = TrainConfig()
+    sizes = {"champions": 10, "loyal": 20, "potential": 30, "new": 5, "at risk": 15, "hibernating": 12, "lost": 8}
+    seg = SegmentsResult({"churn_auc": 0.7712, "churn_brier": 0.18, "cltv_mae": 412.5, "cltv_mae_naive": 633.25,
+                          "clusters": 3.0, "customers": 100.0, "churn_train_customers": 80.0, "churn_rate": 0.41,
+                          "silhouette_k2": 0.31, "silhouette_k3": 0.37, "silhouette_k4": 0.29}, {}, None, "r1", sizes,
+                         "ab" * 32)
+    prop = PropensityResult({"roc_auc": 0.8431, "replay_acceptance": 0.7391, "replay_random": 0.557,
+                             "holdout_acceptance": 0.5705,
+                             "holdout_rows": 3171.0, "replay_matched_rows": 700.0}, None, "r2", "cd" * 32)
+    assert write_docs(cfg, seg=seg, prop=prop, command="recsvc train all --write-docs", path=path) == [
+        "segments", "propensity"]
+    text = path.read_text(encoding="utf-8")
+    assert _outside(text) == _outside(original)  # the structure and prose around the blocks are untouched
+    results = re.search(r"<!-- results:start -->.*<!-- results:end -->", original, re.S)
+    assert results is not None and results.group(0) in text  # the recommender block stays: no recommender run
+    block = text[text.index("<!-- segments:start -->"):text.index("<!-- segments:end -->")]
+    assert "| churn ROC AUC (`churn_auc`) | 0.7712 |" in block and "| 412.50 | 633.25 (naive" in block
+    assert "| at risk | 15 | 15.0% |" in block and "k = 3" in block and "| **3** | 0.3700 |" in block
+    block = text[text.index("<!-- propensity:start -->"):text.index("<!-- propensity:end -->")]
+    assert "| ROC AUC (`roc_auc`) | 0.8431 | 0.5000 | >= 0.80 | yes |" in block
+    assert "| 0.7391 | 0.5570 (`replay_random`) | >= 0.75 | **no** |" in block and "base rate is 0.5705" in block
+    assert "`cdcdcdcdcdcdcdcd`" in block and "3171 hold-out rows" in block
+    # a second run replaces its blocks in place, never appends a copy
+    row = ModelRow("rerank", "champion-candidate", 1.0, *[Scores(0.2, 0.4, 0.3, 0.5, 10, {}) for _ in range(2)])
+    rec = RecommenderResult([row], {}, None, "ef" * 32, beats_baselines=True)
+    write_docs(cfg, rec=rec, seg=seg, prop=prop, path=path)
+    again = path.read_text(encoding="utf-8")
+    assert all(again.count(f"<!-- {b}:start -->") == 1 for b in ("results", "segments", "propensity"))
+    assert "| rerank | champion-candidate | 0.2000 | 0.4000 |" in again and _outside(again) == _outside(original)
+    # a document without the markers gets the blocks appended
+    bare = tmp_path / "bare.md"
+    bare.write_text("# Evaluation\n\nprose\n", encoding="utf-8")
+    write_docs(cfg, prop=prop, path=bare)
+    assert bare.read_text(encoding="utf-8").startswith("# Evaluation\n\nprose\n\n<!-- propensity:start -->")
+
+
+def test_cli_segments_write_docs_from_the_run(log_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from training import docs
+    from training.cli import main
+
+    path, original = _doc_copy(tmp_path)
+    monkeypatch.setattr(docs, "DOCS", path)
+    monkeypatch.delenv("RECSVC_REDIS_URL", raising=False)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert main(["segments", "--data-dir", str(log_dir), "--set", "segments.horizon_days=4", "--tracking-uri", uri,
+                 "--quick", "--no-progress", "--write-docs"]) == 0
+    assert "wrote the segments block(s)" in capsys.readouterr().out
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.get_run(client.get_model_version_by_alias("recsvc-segments", "champion").run_id)
+    m = run.data.metrics
+    text = path.read_text(encoding="utf-8")
+    block = text[text.index("<!-- segments:start -->"):text.index("<!-- segments:end -->")]
+    assert "by `recsvc train segments --write-docs`" in block
+    assert f"| churn ROC AUC (`churn_auc`) | {m['churn_auc']:.4f} |" in block
+    assert f"| {m['cltv_mae']:.2f} | {m['cltv_mae_naive']:.2f} (naive" in block and "60 customers scored" in block
+    assert f"k = {int(m['clusters'])}" in block and run.data.tags["data_fingerprint"][:16] in block
+    assert _outside(text) == _outside(original)
+    assert text.split("<!-- propensity:start -->")[1] == original.split("<!-- propensity:start -->")[1]
