@@ -19,7 +19,8 @@ lives in one Redis Cluster slot with the rest of their profile):
 | P:o:segs                   | set    | segment names that have an index                              | none               |
 
 Reservation (`reserve`) and outcome updates (`record_outcomes`) are Lua scripts (features/lua/offers_*.lua): the
-check of caps and rules, the contact writes and the decision's offline-log record (XADD) happen in one atomic step.
+check of caps and rules, the contact writes and the decision's offline-log record (XADD) happen in one atomic step;
+so do an outcome's once-per-event mark, its ledger effect and its acceptance counts.
 """
 
 from __future__ import annotations
@@ -480,6 +481,8 @@ class RedisOfferStore:
         return out
 
     async def record_outcomes(self, outcomes: Sequence[Outcome], now: float) -> list[OutcomeCount]:
+        """One script call per event (pipelined), each marking the event and adding its counts to the offer's
+        posterior atomically: a retry after any failure counts an event once."""
         if not outcomes:
             return []
         if self._outcome.sha is None:
@@ -492,9 +495,9 @@ class RedisOfferStore:
             pipe = self.client.pipeline(transaction=False)
             for o in outcomes:
                 p = o.person_id
-                pipe.evalsha(sha, 4, ok.ledger(p), ok.state(p), ok.marks(p), ok.person_hash(p),
-                             o.event_id, o.type, o.offer_id, o.decision_id or "", repr(o.ts), repr(now), OUTCOME_KEEP,
-                             STATE_TTL)
+                pipe.evalsha(sha, 5, ok.ledger(p), ok.state(p), ok.marks(p), ok.person_hash(p),
+                             ok.posterior(o.offer_id), o.event_id, o.type, o.offer_id, o.decision_id or "",
+                             repr(o.ts), repr(now), OUTCOME_KEEP, STATE_TTL)
             return pipe.execute()
 
         try:
@@ -504,19 +507,8 @@ class RedisOfferStore:
                 raise
             self._outcome.sha = await self._call(self.client.script_load(self._outcome.source))
             replies = await self._call(run(), WRITE_TIMEOUT_S)
-        counts = [OutcomeCount(o.offer_id, r[3].decode(), int(r[0]), int(r[1]), int(r[2]))
-                  for o, r in zip(outcomes, replies)]
-        pipe = self.client.pipeline(transaction=False)
-        n = 0
-        for c in counts:
-            key = ok.posterior(c.offer_id)
-            for kind, v in (("i", c.impression), ("a", c.accept), ("d", c.dismiss)):
-                if v:
-                    pipe.hincrby(key, f"{c.segment}{SEP}{kind}", v)
-                    n += 1
-        if n:
-            await self._call(pipe.execute(), WRITE_TIMEOUT_S)
-        return counts
+        return [OutcomeCount(o.offer_id, r[3].decode(), int(r[0]), int(r[1]), int(r[2]))
+                for o, r in zip(outcomes, replies)]
 
     # ---- audiences ----
 

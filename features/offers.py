@@ -17,6 +17,7 @@ from features.schema import CHANNELS, Id, PropValue, ShortText, Text
 
 MAX_OFFERS_PER_UPSERT = 1000
 MAX_RULE_VALUES = 200
+RESERVED_ATTRIBUTES = frozenset({"id", "value", "category"})  # the model sees these from the offer itself
 Url = Annotated[str, Meta(max_length=2000, pattern=r"^(https?://|/)\S*$")]
 Days = Annotated[float, Meta(gt=0, le=3650)]
 
@@ -136,6 +137,9 @@ class Offer(Struct, omit_defaults=True, forbid_unknown_fields=True):
             if key.startswith("offer.") or not key or "." in key:
                 raise ValueError(f"attributes: name attributes without a prefix or dots (the model sees "
                                  f"'offer.<name>'), got {key!r}")
+            if key in RESERVED_ATTRIBUTES:
+                raise ValueError(f"attributes: {key!r} is reserved (the model sees the offer's own {key} as "
+                                 f"'offer.{key}')")
 
     @property
     def starts(self) -> float | None:
@@ -146,7 +150,12 @@ class Offer(Struct, omit_defaults=True, forbid_unknown_fields=True):
         return self.valid_until.timestamp() if self.valid_until else None
 
     def model_attributes(self) -> dict[str, Any]:
-        return {f"offer.{k}": v for k, v in self.attributes.items()}
+        """What the propensity model sees of the offer besides its id and value (features.propensity_model.
+        offer_inputs): `offer.<name>` per attribute and `offer.category.<name>` = 1 per category. Decisions log it
+        with each offer made, so a model trained on the log sees what serving saw."""
+        out: dict[str, Any] = {f"offer.category.{c}": 1 for c in self.categories}
+        out.update((f"offer.{k}", v) for k, v in self.attributes.items())
+        return out
 
 
 class OffersBody(Struct, forbid_unknown_fields=True):

@@ -1,7 +1,9 @@
 """Offer propensity scoring with numpy alone: a generic feature encoder (customer, context and offer attributes,
-described by a JSON spec) and gradient-boosted trees exported as flat arrays by training.propensity.
+described by a JSON spec) and gradient-boosted trees exported as flat arrays by training.propensity (trained on a
+survey) or training.offer_log (trained on the catalog's own logged decisions and outcomes).
 
 The same spec serves any offer catalog: an unknown category or an absent attribute encodes as missing, never an error.
+Whether a model *knows* an offer (and scores it, rather than the affinity prior) is `PropensityModel.knows`.
 """
 
 from __future__ import annotations
@@ -183,17 +185,56 @@ class TreeEnsemble:
                    a["value"], a["tree_start"], float(np.ravel(a["baseline"])[0]))
 
 
+def numeric_safe(spec: FeatureSpec, row: dict[str, Any]) -> dict[str, Any]:
+    """Drop values the spec would refuse as numbers (a trait "50plus" where the model wants an age): such a value is
+    missing to the model, in serving and in evaluation alike. Changes and returns `row`."""
+    for name in spec.numeric:
+        v = row.get(name)
+        if v is not None and not isinstance(v, (int, float)):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                del row[name]
+    return row
+
+
+def offer_inputs(offer_id: str, value: float, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """An offer as the propensity model sees it: `offer.id`, `offer.value` and its own attributes (`offer.<name>`,
+    `offer.category.<name>`: see features.offers.Offer.model_attributes). Serving and training build it alike."""
+    return {"offer.id": offer_id, "offer.value": value, **attributes}
+
+
+# offer -> segment -> (impressions, accepts) of the logged outcomes a model was trained on
+SeenOutcomes = dict[str, dict[str, tuple[int, int]]]
+
+
 @dataclass
 class PropensityModel:
-    """A propensity bundle ready to score attribute dicts: the spec, the trees and the offer attributes it varies."""
+    """A propensity bundle ready to score attribute dicts: the spec, the trees and the offer attributes it varies.
+    `seen`: the outcomes, per offer and segment, a model trained on the offer log has already learned from (the
+    service counts only later outcomes in the posterior over its estimate); empty for other models."""
 
     spec: FeatureSpec
     trees: TreeEnsemble
     offer_keys: list[str]
+    seen: SeenOutcomes = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.trees.n_features > len(self.spec.columns):
             raise ValueError(f"bundle: the trees use {self.trees.n_features} columns, the spec has {len(self.spec.columns)}")
+        known = {n: frozenset(vs) for n, vs in (*self.spec.categorical.items(), *self.spec.ordinal.items())
+                 if n.startswith("offer.")}
+        self._known_offer_values = known
+
+    def knows(self, offer: Mapping[str, Any]) -> bool:
+        """Does this model know the offer (its offer.* attributes)? Every offer.* attribute the spec encodes by
+        category (or rank) must be given with a value the spec was trained on; a spec with no such attribute knows
+        none (its scores would not vary with the offer). So the in-vehicle coupon model knows the coupon types it
+        saw, not a retail voucher; a model trained on the offer log knows the offer ids with enough outcomes."""
+        known = self._known_offer_values
+        if not known:
+            return False
+        return all(offer.get(n) is not None and str(offer[n]) in vs for n, vs in known.items())
 
     def predict_proba(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return self.trees.predict_proba(self.spec.encode(rows))
@@ -207,4 +248,11 @@ class PropensityModel:
         """From `features.bundle.load_bundle` output of a `recsvc-propensity` version."""
         if "spec" not in meta:
             raise ValueError("bundle meta: missing 'spec' (not a propensity bundle)")
-        return cls(FeatureSpec.from_json(meta["spec"]), TreeEnsemble.from_arrays(arrays), list(meta.get("offer_keys", [])))
+        seen: SeenOutcomes = {}
+        try:
+            for offer, cells in dict(meta.get("seen_outcomes", {})).items():
+                seen[str(offer)] = {str(seg): (int(c[0]), int(c[1])) for seg, c in dict(cells).items()}
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"bundle meta: malformed seen_outcomes ({exc})") from None
+        return cls(FeatureSpec.from_json(meta["spec"]), TreeEnsemble.from_arrays(arrays),
+                   list(meta.get("offer_keys", [])), seen)

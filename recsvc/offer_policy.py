@@ -50,6 +50,8 @@ class OfferPolicy:
     exploration: float = 0.1  # share of decisions ranked by Thompson sampling
     draws: int = 200  # Monte Carlo draws for the logged probabilities (the decision's own draw is one of them)
     prior_strength: float = 20.0  # pseudo-impressions the prior or model estimate weighs against observed outcomes
+    # ... and those of a model trained on this catalog's outcomes, against the outcomes after its training data
+    model_strength: float = 200.0
     max_retries: int = 6  # re-decisions after a concurrent change of the same customer's ledger
     refresh_s: float = 1.0  # how stale the cached acceptance counts may be (0: read them on every decision)
     seed: int | None = None  # fixed random seed (tests); None: from the OS
@@ -122,7 +124,7 @@ def parse_policy(doc: Mapping[str, Any]) -> OfferPolicy:
     _unknown(doc, {"policy", "caps", "consent", "prior", "export"}, "")
     kw: dict[str, Any] = {}
     pol = _table(doc.get("policy", {}), "policy")
-    _unknown(pol, {"exploration", "draws", "prior_strength", "max_retries", "refresh_seconds", "seed",
+    _unknown(pol, {"exploration", "draws", "prior_strength", "model_strength", "max_retries", "refresh_seconds", "seed",
                    "default_cooldown_days", "explain_limit"}, "policy")
     if "exploration" in pol:
         kw["exploration"] = float(_num(pol["exploration"], "policy.exploration", 0, 1))
@@ -130,6 +132,14 @@ def parse_policy(doc: Mapping[str, Any]) -> OfferPolicy:
         kw["draws"] = int(_num(pol["draws"], "policy.draws", 1, 100_000, integer=True))
     if "prior_strength" in pol:
         kw["prior_strength"] = float(_num(pol["prior_strength"], "policy.prior_strength", 0.01, 1e6))
+    if "model_strength" in pol:
+        kw["model_strength"] = float(_num(pol["model_strength"], "policy.model_strength", 0.01, 1e9))
+    prior_strength = kw.get("prior_strength", OfferPolicy.prior_strength)
+    if "model_strength" not in kw:
+        kw["model_strength"] = max(OfferPolicy.model_strength, prior_strength)
+    elif kw["model_strength"] < prior_strength:
+        raise OfferConfigError("policy.model_strength: must be at least policy.prior_strength (a model trained on the "
+                               "catalog's outcomes is worth at least the prior)")
     if "max_retries" in pol:
         kw["max_retries"] = int(_num(pol["max_retries"], "policy.max_retries", 0, 100, integer=True))
     if "refresh_seconds" in pol:

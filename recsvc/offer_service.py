@@ -370,11 +370,19 @@ class OfferService:
             caps=[CapOut(c.key, c.max, c.window_days, c.used, c.remaining) for c in d.caps],
             excluded=[ExcludedOut(x.offer_id, x.rule, x.detail) for x in d.excluded][: self.policy.explain_limit]
             if explain else None)
-        entries = [{"id": e.offer_id, "rank": e.rank, "score": e.score, "p": e.p, "propensity": e.propensity,
-                    "source": e.source, "value": e.value, "lever": e.lever} for e in d.entries]
+        entries = []
+        for e in d.entries:
+            ent = {"id": e.offer_id, "rank": e.rank, "score": e.score, "p": e.p, "propensity": e.propensity,
+                   "source": e.source, "value": e.value, "lever": e.lever}
+            own = by_id[e.offer_id].log_attrs
+            if own:  # the offer's model inputs besides id and value, as serving saw them (training reads them)
+                ent["attrs"] = own
+            entries.append(ent)
         ctx = {"k": k, "segment": d.segment, "candidates": {"ids": d.candidates[0], "scores": d.candidates[1]},
                "exploration": self.policy.exploration, "draws": self.policy.draws,
                "ledger_version": d.ledger_version, "reasons": d.reasons}
+        if d.attributes:  # the customer and context model inputs of this decision (training.offer_log reads them)
+            ctx["attributes"] = d.attributes
         if context:
             ctx["request"] = dict(context)
         if export_id:

@@ -6,9 +6,12 @@ The same functions answer the live endpoint, the bulk export and the offline eva
    ranges, items owned or not, accepted elsewhere, cool-down after a dismiss, the offer's own limit), then the
    contact caps: how many offers the customer may still get on this channel.
 2. Propensity per eligible offer: the learned model where its feature spec knows the offer (its `offer.type` is a
-   category the model was trained on), else a prior from the customer's affinity to the offer's items and
-   categories and the segment's rate; then a Beta posterior over the outcomes logged for (offer, segment), with the
-   estimate above as its mean worth `prior_strength` impressions: p = (n0 q + accepts) / (n0 + impressions).
+   category the survey model was trained on; its `offer.id` one the offer-log model has enough outcomes of), else a
+   prior from the customer's affinity to the offer's items and categories and the segment's rate; then a Beta
+   posterior over the outcomes logged for (offer, segment), with the estimate above as its mean worth
+   `prior_strength` impressions: p = (n0 q + accepts) / (n0 + impressions). For a model trained on the offer log,
+   only the outcomes it has not learned from count (those after its training data), and its estimate is worth
+   `model_strength` impressions.
 3. Arbitration: score = p x value x lever, best first. With probability `exploration` the ranking is one Thompson
    draw (each offer's Beta posterior sampled, times value x lever) instead. Each entry carries the probability that
    the policy put that offer at that rank: (1 - e) [greedy put it there] + e P(Thompson puts it there), the
@@ -37,7 +40,7 @@ from features.offer_store import (
     clean_segment,
 )
 from features.offers import Offer, Range
-from features.propensity_model import PropensityModel
+from features.propensity_model import PropensityModel, numeric_safe, offer_inputs
 from recsvc.offer_policy import TOTAL, OfferPolicy, consent_value
 
 DAY = 86400.0
@@ -75,7 +78,8 @@ class CatalogOffer:
     cooldown_s: float
     items: tuple[str, ...]
     categories: tuple[str, ...]
-    attrs: dict[str, Any]  # offer.<name> -> value, for the model
+    attrs: dict[str, Any]  # offer.id, offer.value, offer.<name> -> value: the offer's model inputs
+    log_attrs: dict[str, Any]  # the offer's own model attributes (features.offers.Offer.model_attributes), logged
     model_ok: bool  # the propensity model's spec knows this offer
     dynamic: bool  # has rules on a customer's own values (churn risk, value, items owned)
 
@@ -107,17 +111,38 @@ class Catalog:
     model_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     item_offers: dict[str, list[int]] = field(default_factory=dict)  # item -> positions of offers naming it
     category_offers: dict[str, list[int]] = field(default_factory=dict)
+    # outcomes the model has learned from, per segment (row) and offer position: the posterior counts only the rest
+    seen: tuple[dict[str, int], np.ndarray, np.ndarray] | None = None  # None: the model was not trained on them
+
+    def unseen(self, segments: Sequence[str], sizes: Sequence[int], offer_pos: np.ndarray, imp: np.ndarray,
+               acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(impressions, accepts) of a batch less those the model was trained on (offers it scores only)."""
+        if self.seen is None:
+            return imp, acc
+        rows_of, seen_imp, seen_acc = self.seen
+        none = len(rows_of)  # the all-zero row
+        seg_rows = np.repeat([rows_of.get(s, none) for s in segments], sizes)
+        left = np.maximum(imp - seen_imp[seg_rows, offer_pos], 0.0)
+        return left, np.clip(acc - seen_acc[seg_rows, offer_pos], 0.0, left)
 
 
 def model_applies(model: PropensityModel, attrs: Mapping[str, Any]) -> bool:
-    """Does the learned model know this offer? Every offer.* attribute its spec encodes by category (or rank) must be
-    given with a value the spec knows; a spec with no such attribute knows none (its scores would not vary with the
-    offer). An offer of another catalog (a retail voucher, no `type` the model saw) is not scored by it."""
-    spec = model.spec
-    known = {n: set(vs) for n, vs in (*spec.categorical.items(), *spec.ordinal.items()) if n.startswith("offer.")}
-    if not known:
-        return False
-    return all(attrs.get(n) is not None and str(attrs[n]) in vs for n, vs in known.items())
+    """Does the learned model know this offer (features.propensity_model.PropensityModel.knows)?"""
+    return model.knows(attrs)
+
+
+def _seen_table(compiled: Sequence[CatalogOffer], model: PropensityModel | None,
+                ) -> tuple[dict[str, int], np.ndarray, np.ndarray] | None:
+    if model is None or not model.seen:
+        return None
+    cells = [(c.position, seg, n, a) for c in compiled if c.model_ok
+             for seg, (n, a) in model.seen.get(c.offer_id, {}).items()]
+    rows_of = {seg: r for r, seg in enumerate(sorted({seg for _, seg, _, _ in cells}))}
+    imp = np.zeros((len(rows_of) + 1, len(compiled)))
+    acc = np.zeros_like(imp)
+    for pos, seg, n, a in cells:
+        imp[rows_of[seg], pos], acc[rows_of[seg], pos] = n, a
+    return rows_of, imp, acc
 
 
 def compile_catalog(offers: Mapping[str, Offer], version: int, policy: OfferPolicy, model: PropensityModel | None,
@@ -126,7 +151,8 @@ def compile_catalog(offers: Mapping[str, Offer], version: int, policy: OfferPoli
     for position, oid in enumerate(sorted(offers)):
         o = offers[oid]
         e = o.eligibility
-        attrs = o.model_attributes()
+        own = o.model_attributes()
+        attrs = offer_inputs(oid, float(o.value), own)
         compiled.append(CatalogOffer(
             offer=o, offer_id=oid, position=position, value=float(o.value), lever=float(o.lever), starts=o.starts, ends=o.ends,
             segments=frozenset(e.segments), exclude_segments=frozenset(e.exclude_segments),
@@ -134,8 +160,8 @@ def compile_catalog(offers: Mapping[str, Offer], version: int, policy: OfferPoli
             churn=e.churn_risk, cltv=e.cltv_90d, owns_any=tuple(e.owns_any), owns_none=tuple(e.owns_none),
             consent=tuple(e.consent), limit=(o.limit.count, o.limit.days * DAY) if o.limit else None,
             cooldown_s=(o.cooldown_days if o.cooldown_days is not None else policy.default_cooldown_days) * DAY,
-            items=tuple(o.items), categories=tuple(o.categories), attrs=attrs,
-            model_ok=model is not None and model_applies(model, attrs),
+            items=tuple(o.items), categories=tuple(o.categories), attrs=attrs, log_attrs=own,
+            model_ok=model is not None and model.knows(attrs),
             dynamic=bool(e.churn_risk or e.cltv_90d or e.owns_any or e.owns_none),
         ))
     by_channel: dict[str, list[CatalogOffer]] = {}
@@ -154,7 +180,8 @@ def compile_catalog(offers: Mapping[str, Offer], version: int, policy: OfferPoli
                    model_ok=np.array([c.model_ok for c in compiled], dtype=bool),
                    ids=np.array([c.offer_id for c in compiled] or [""], dtype=object)[: len(compiled)],
                    model_positions=np.array([c.position for c in compiled if c.model_ok], dtype=np.int64),
-                   item_offers=_inverted(compiled, "items"), category_offers=_inverted(compiled, "categories"))
+                   item_offers=_inverted(compiled, "items"), category_offers=_inverted(compiled, "categories"),
+                   seen=_seen_table(compiled, model))
 
 
 def _inverted(compiled: Sequence[CatalogOffer], attr: str) -> dict[str, list[int]]:
@@ -278,7 +305,7 @@ class Screened:
     caps: list[CapUse]
     reasons: list[str]  # why nothing or less than k can be offered
     explain: bool = False
-    base: dict[str, Any] = field(default_factory=dict)  # model inputs of the customer and context
+    base: dict[str, Any] = field(default_factory=dict)  # model inputs of the customer and context (logged)
     q: np.ndarray | None = None  # prior estimates, per eligible offer
 
 
@@ -296,6 +323,7 @@ class Decision:
     reasons: list[str]
     caps: list[CapUse]
     ledger_version: int
+    attributes: dict[str, Any] | None = None  # the customer and context model inputs, when offers were made
 
     def contacts(self, decision_id: str, ts: float) -> list[Contact]:
         return [Contact(ts, decision_id, e.offer_id, self.channel, self.segment) for e in self.entries]
@@ -491,18 +519,25 @@ def _cap_checks(caps: tuple[Any, ...]) -> list[CapCheck]:
     return [CapCheck(c.key, c.max, c.window_s) for c in caps]
 
 
-def customer_attributes(s: Screened, now: float, context: Mapping[str, Any]) -> dict[str, Any]:
-    """Model inputs of the customer and the moment: customer.<trait>, live behaviour, context.<name>."""
-    prof = s.customer.profile
-    hour = (now % DAY) / 3600.0
-    base: dict[str, Any] = {"context.channel": s.channel, "context.hour": math.floor(hour),
-                            "context.weekday": int((now // DAY + 3) % 7), "customer.segment": s.segment}
+def moment_attributes(channel: str, now: float, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Model inputs of the moment, shared by a batch: context.channel, context.hour, context.weekday,
+    context.<name> of the request."""
+    base: dict[str, Any] = {"context.channel": channel, "context.hour": math.floor((now % DAY) / 3600.0),
+                            "context.weekday": int((now // DAY + 3) % 7)}
     for k, v in context.items():
         base[f"context.{k}"] = v
+    return base
+
+
+def customer_attributes(s: Screened, now: float, context: Mapping[str, Any],
+                        moment: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Model inputs of the customer and the moment: customer.<trait>, live behaviour, context.<name>. `moment`:
+    moment_attributes(...) when the caller builds many (a decision batch shares one)."""
+    prof = s.customer.profile
+    base = dict(moment if moment is not None else moment_attributes(s.channel, now, context))
+    base["customer.segment"] = s.segment
     if prof is not None:
-        for k, v in prof.traits.items():
-            if not k.startswith("consent_"):
-                base[f"customer.{k}"] = v
+        base.update({"customer." + k: v for k, v in prof.traits.items() if not k.startswith("consent_")})
         base["customer.country"] = prof.country
         base["customer.orders"] = prof.orders
         base["customer.monetary"] = prof.monetary
@@ -514,14 +549,7 @@ def customer_attributes(s: Screened, now: float, context: Mapping[str, Any]) -> 
 
 def _numeric_safe(model: PropensityModel, row: dict[str, Any]) -> dict[str, Any]:
     """Drop values the spec would refuse as numbers (a trait "50plus" where the model wants an age)."""
-    for name in model.spec.numeric:
-        v = row.get(name)
-        if v is not None and not isinstance(v, (int, float)):
-            try:
-                float(v)
-            except (TypeError, ValueError):
-                del row[name]
-    return row
+    return numeric_safe(model.spec, row)
 
 
 def estimate(batch: Sequence[Screened], catalog: Catalog, evidence: Evidence, policy: OfferPolicy, now: float,
@@ -539,6 +567,9 @@ def estimate(batch: Sequence[Screened], catalog: Catalog, evidence: Evidence, po
             s.q = np.zeros(0)
     if not live:
         return
+    moment = moment_attributes(live[0].channel, now, context)
+    for s in live:  # what the model sees of the customer and the moment, whether a model scores or not: logged
+        s.base = customer_attributes(s, now, context, moment)
     n_offers = len(catalog.offers)
     a = np.zeros((len(live), n_offers))  # affinity signal per customer and catalog offer
     for b, s in enumerate(live):
@@ -566,11 +597,13 @@ def estimate(batch: Sequence[Screened], catalog: Catalog, evidence: Evidence, po
         use = catalog.model_ok[pos_all]
         if use.any():
             rows = []
-            for b, s in enumerate(live):
-                if any(c.model_ok for c in s.eligible):
-                    s.base = _numeric_safe(model, customer_attributes(s, now, context))
+            safe: dict[int, dict[str, Any]] = {}
             for j in np.nonzero(use)[0].tolist():
-                rows.append({**live[cust[j]].base, **catalog.offers[pos_all[j]].attrs})
+                b = int(cust[j])
+                base = safe.get(b)
+                if base is None:
+                    base = safe[b] = _numeric_safe(model, dict(live[b].base))
+                rows.append({**base, **catalog.offers[pos_all[j]].attrs})
             q[use] = np.clip(model.predict_proba(rows), P_MIN, P_MAX)
     start = 0
     for s, size in zip(live, sizes):
@@ -742,7 +775,7 @@ def choose(s: Screened, sc: Scored, catalog: Catalog, policy: OfferPolicy, rng: 
         entries=entries, excluded=excluded,
         candidates=(sc.candidates or ([ids[j] for j in greedy], [score[j] for j in greedy])) if k > 0 else ([], []),
         policy=("thompson" if explored else "greedy") if entries else "none", model=used_model, reasons=s.reasons,
-        caps=s.caps, ledger_version=s.customer.ledger.version,
+        caps=s.caps, ledger_version=s.customer.ledger.version, attributes=s.base if entries else None,
     )
 
 
@@ -776,10 +809,15 @@ def decide(customers: Sequence[tuple[CustomerRecord, str]], catalog: Catalog, ev
         q = np.clip(np.concatenate([s.q for s in sized]), P_MIN, P_MAX)  # type: ignore[misc]
         sizes = [len(s.eligible) for s in sized]
         offer_pos = np.fromiter((c.position for s in sized for c in s.eligible), dtype=np.int64, count=sum(sizes))
-        imp, acc = evidence.arrays(catalog, [s.segment for s in sized], sizes, offer_pos)
+        segments = [s.segment for s in sized]
+        imp, acc = evidence.arrays(catalog, segments, sizes, offer_pos)
         w = catalog.weights[offer_pos]
         n0 = policy.prior_strength
-        p = (n0 * q + acc) / (n0 + imp)  # the Beta posterior mean: alpha / (alpha + beta)
+        strength: np.ndarray | float = n0
+        if catalog.seen is not None:  # a model trained on these outcomes: it weighs more, against later outcomes only
+            imp, acc = catalog.unseen(segments, sizes, offer_pos, imp, acc)
+            strength = np.where(catalog.model_ok[offer_pos], policy.model_strength, n0)
+        p = (strength * q + acc) / (strength + imp)  # the Beta posterior mean: alpha / (alpha + beta)
         score = p * w
         q_l, p_l, score_l = q.tolist(), p.tolist(), score.tolist()
         imp_l, acc_l = imp.astype(np.int64).tolist(), acc.astype(np.int64).tolist()
@@ -788,8 +826,11 @@ def decide(customers: Sequence[tuple[CustomerRecord, str]], catalog: Catalog, ev
         if policy.exploration > 0 and explore.any():
             bank = bank if bank is not None and bank.draws == policy.draws else DrawBank(policy.draws)
             rows = np.full(len(q), -1, dtype=np.int64)
-            rows[explore] = bank.lookup(offer_pos[explore], q[explore], imp[explore], acc[explore], n0, rng,
-                                        catalog.version)
+            # the bank draws Beta(n0 q + accepts, n0 (1 - q) + declines); a stronger estimate (the learned model's)
+            # enters as n0 pseudo-impressions plus (strength - n0) more at rate q, to the nearest accept
+            extra = np.maximum(np.asarray(strength) - n0, 0.0) * np.ones(len(q))
+            rows[explore] = bank.lookup(offer_pos[explore], q[explore], (imp + extra)[explore],
+                                        (acc + np.rint(extra * q))[explore], n0, rng, catalog.version)
             rows_l = rows.tolist()
         # greedy order of every customer at once: by customer, best score, then catalog position (= offer id order)
         starts = np.repeat(np.cumsum([0] + sizes[:-1]), sizes)

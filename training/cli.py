@@ -1,5 +1,6 @@
 """`recsvc train recommender|segments|propensity|all` (also `python -m training`): one MLflow run per family,
-a progress bar per stage, a summary table at the end; `--write-docs` regenerates docs/evaluation.md."""
+a progress bar per stage, a summary table at the end; `--write-docs` regenerates the trained families' blocks of
+docs/evaluation.md."""
 
 from __future__ import annotations
 
@@ -13,20 +14,21 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from tqdm import tqdm
 
-from training.config import TrainConfig, load_config
+from training import docs
+from training.config import load_config
 from training.data import load_interactions, to_ts
-from training.propensity import train_propensity
+from training.offer_log import LOG_SOURCE, train_propensity_from_log
+from training.propensity import PropensityResult, train_propensity
 from training.recommender import RecommenderResult, markdown_table, train_recommender
-from training.segments import train_segments
-
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "evaluation.md"
+from training.segments import SegmentsResult, train_segments
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsvc train", description="Train, evaluate, register and promote models")
     p.add_argument("family", choices=["recommender", "segments", "propensity", "all"])
     p.add_argument("--data-dir", type=Path, default=None, help="offline log (default RECSVC_DATA_DIR or var/data)")
-    p.add_argument("--source", default=None, help="a Parquet/CSV file of log rows instead of the offline log")
+    p.add_argument("--source", default=None, help="a Parquet/CSV file of log rows instead of the offline log; "
+                   f"'{LOG_SOURCE}': the offline log, propensity included (its offer decisions and outcomes)")
     p.add_argument("--split-date", default=None, help="train before this day (default 2011-11-01)")
     p.add_argument("--end-date", default=None, help="test until this day, exclusive (default 2011-12-10)")
     p.add_argument("--config", type=Path, default=None, help="TOML file with settings and [recommender] etc. tables")
@@ -36,15 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="make the new versions champion even if not better")
     p.add_argument("--quick", action="store_true", help="fewer iterations (tests, smoke runs)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--write-docs", action="store_true", help="rewrite docs/evaluation.md from this run")
+    p.add_argument("--write-docs", action="store_true",
+                   help="rewrite this run's families' results blocks in docs/evaluation.md")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     data_dir = args.data_dir or Path(os.environ.get("RECSVC_DATA_DIR", "var/data"))
+    from_log = args.source == LOG_SOURCE
     try:
-        cfg = load_config(args.config, args.overrides, data_dir=data_dir, source=args.source,
+        cfg = load_config(args.config, args.overrides, data_dir=data_dir, source=None if from_log else args.source,
                           split_date=args.split_date, end_date=args.end_date, seed=args.seed, tracking_uri=args.tracking_uri,
                           force=args.force or None, quick=args.quick or None, progress=not args.no_progress)
     except (ValueError, OSError) as exc:
@@ -53,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     families = ["recommender", "segments", "propensity"] if args.family == "all" else [args.family]
     summary: list[tuple[str, str, str, str, float, float | None, float]] = []
     ds = None
-    rec = None
+    rec: RecommenderResult | None = None
+    seg: SegmentsResult | None = None
+    prop: PropensityResult | None = None
     try:
         for day in (cfg.split_date, cfg.end_date):
             to_ts(day)  # a bad date fails here, before minutes of work
@@ -70,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                 rec = train_recommender(cfg, ds)
                 promo = rec.promotion
             elif family == "segments":
-                promo = train_segments(cfg, ds).promotion
+                seg = train_segments(cfg, ds)
+                promo = seg.promotion
+            elif from_log:  # learned from the offer log (training.offer_log); docs/evaluation.md is the survey's
+                promo = train_propensity_from_log(cfg).promotion
             else:
-                promo = train_propensity(cfg).promotion
+                prop = train_propensity(cfg)
+                promo = prop.promotion
             if promo is None:
                 raise RuntimeError(f"{family}: the job returned no promotion result")
             summary.append((promo.family, promo.version, promo.alias, promo.metric, promo.value, promo.champion_value,
@@ -90,26 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     if rec is not None:
         print()
         print(markdown_table(rec.rows))
-        if args.write_docs:
-            write_docs(rec, cfg)
-            print(f"\nwrote {DOCS}")
+    if args.write_docs:
+        command = f"recsvc train {args.family} --write-docs"
+        written = docs.write_docs(cfg, rec=rec, seg=seg, prop=prop, command=command, path=docs.DOCS)
+        print(f"\nwrote the {', '.join(written)} block(s) of {docs.DOCS}")
     return 0
-
-
-def write_docs(rec: RecommenderResult, cfg: TrainConfig) -> None:
-    """Replace the results block of docs/evaluation.md with this run's side-by-side table."""
-    text = DOCS.read_text(encoding="utf-8") if DOCS.exists() else ""
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    verdict = "beats" if rec.beats_baselines else "does NOT beat"
-    block = (f"{start}\nGenerated {time.strftime('%Y-%m-%d')} by `python -m training recommender --write-docs` "
-             f"(split {cfg.split_date}, test until {cfg.end_date} exclusive, seed {cfg.seed}); data fingerprint "
-             f"`{rec.fingerprint[:16]}`. (a) = all items, (b) = new items only. The champion candidate `rerank` "
-             f"{verdict} the best baseline on both protocols.\n\n{markdown_table(rec.rows)}\n{end}")
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text += "\n" + block + "\n"
-    DOCS.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

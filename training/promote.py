@@ -1,12 +1,16 @@
 """Registering a run's artifact as a model version and the promotion gate: `champion` only when measurably better.
 
 The version registered by this job is the one promoted, never "the latest"; --force overrides the gate and says so.
+Metrics compare only on the same data: a job whose hold-out is not the champion's passes `rejudge` (the champion
+measured on this job's hold-out), and a champion whose run is tagged `holdout` (its metric holds on that data only)
+is never compared with a run that is not judged on the same.
 """
 
 from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -21,6 +25,7 @@ PRIMARY_METRIC = {
     "recsvc-propensity": "roc_auc",
 }
 MIN_IMPROVEMENT = 1e-4  # ties keep the champion: a retrain on the same data must not churn the alias
+HOLDOUT_TAG = "holdout"  # a run tag naming the data its metrics hold on, when that is not the family's usual data
 
 
 class PromotionResult(msgspec.Struct):
@@ -76,11 +81,16 @@ def register_and_promote(
     *,
     force: bool = False,
     client: MlflowClient | None = None,
+    rejudge: Callable[[ModelVersion], float | None] | None = None,
 ) -> PromotionResult:
     """Register `{run artifact uri}/{artifact_path}` as a new version of `family` and alias THAT version.
 
     `champion` when its primary metric beats the current champion's (read from the champion's run) by more than
     MIN_IMPROVEMENT, or with force=True (recorded in the reason, a version tag and a run tag); `challenger` otherwise.
+    `rejudge`: the current champion's primary metric on this job's own hold-out, for a job whose data differs from
+    the champion's (None from it: the champion cannot be measured there, and the new version is not compared). Without
+    it, a champion whose run carries a `holdout` tag the new run does not share is not compared either: the new
+    version stays challenger unless forced.
     """
     if family not in PRIMARY_METRIC:
         raise ValueError(f"family: unknown model family {family!r}; expected one of {', '.join(PRIMARY_METRIC)}")
@@ -103,10 +113,25 @@ def register_and_promote(
             raise
     current = champion(client, family)  # read before registering: the new version is compared with the old champion
     current_value = None
-    if current is not None and current.run_id:
-        current_value = client.get_run(current.run_id).data.metrics.get(metric)
+    apart = None  # why the champion's metric does not compare with this run's
+    if current is not None and rejudge is not None:
+        current_value = rejudge(current)
+        if current_value is None:
+            apart = f"champion v{current.version} cannot be measured on this job's hold-out"
+    elif current is not None and current.run_id:
+        current_run = client.get_run(current.run_id)
+        current_value = current_run.data.metrics.get(metric)
+        theirs, ours = current_run.data.tags.get(HOLDOUT_TAG), run.data.tags.get(HOLDOUT_TAG)
+        if theirs != ours:
+            apart = (f"champion v{current.version} was judged on {theirs or 'its usual data'}, this version on "
+                     f"{ours or 'its usual data'}")
     version = client.create_model_version(family, source=f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id)
-    alias, reason = _decide(metric, value, current, current_value, force)
+    if apart is not None and not force:
+        alias, reason = "challenger", f"{metric} {value:.4f} not compared: {apart} (--force to promote anyway)"
+    else:
+        alias, reason = _decide(metric, value, current, current_value, force)
+        if rejudge is not None and current is not None:
+            reason += " (champion measured on this job's hold-out)"
     client.set_registered_model_alias(family, alias, version.version)
     client.set_model_version_tag(family, version.version, "promotion", reason)
     client.set_model_version_tag(family, version.version, "artifact_path", artifact_path)

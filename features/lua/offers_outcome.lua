@@ -1,16 +1,19 @@
--- Apply one offer outcome event to a customer's ledger state, once per event id, and say which acceptance counts
--- it adds (the caller adds them to the offer's posterior hash, which lives in another slot).
+-- Apply one offer outcome event to a customer's ledger state and to the offer's acceptance counts, once per event
+-- id, in one atomic step: the event's mark and its counts are written together, so a retry after a failure either
+-- finds both (a duplicate, counted once) or neither (counted now). The posterior hash lives in another slot than the
+-- person's keys: like the batch scripts, this assumes one Redis node.
 --
 -- KEYS: ledger zset (P:c:{person}:ol), state hash (P:c:{person}:os), outcome marks zset (P:c:{person}:oo),
---       person hash (P:c:{person}:p, for the segment when the decision is no longer in the ledger)
+--       person hash (P:c:{person}:p, for the segment when the decision is no longer in the ledger),
+--       the offer's posterior hash (P:o:{offer}:post: `<segment>\x1f{i,a,d}` -> count)
 -- ARGV: event_id, type (offer_impression|offer_accept|offer_dismiss), offer_id, decision_id ("" = none), ts, now,
 --       marks_keep_s, state_ttl_s
--- Returns {impression, accept, dismiss, segment}: 1 where this event adds a count. Per (decision, offer) an
+-- Returns {impression, accept, dismiss, segment}: 1 where this event added a count. Per (decision, offer) an
 -- impression counts once, and an accept or dismiss without a reported impression counts as its impression too.
 -- An accept suppresses the offer on every channel (a:<offer>); a dismiss starts its cool-down (d:<offer>); both
 -- bump the ledger version so that a decision computed before them cannot reserve.
 
-local ledger, state, marks, person = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local ledger, state, marks, person, posterior = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local event_id, kind, offer, decision = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ts, now, keep, state_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local SEP = "\031"
@@ -61,5 +64,13 @@ end
 redis.call("EXPIRE", marks, math.floor(keep))
 if acc == 1 or dis == 1 then
   redis.call("EXPIRE", state, state_ttl)
+end
+if imp == 1 then
+  redis.call("HINCRBY", posterior, segment .. SEP .. "i", 1)
+end
+if acc == 1 then
+  redis.call("HINCRBY", posterior, segment .. SEP .. "a", 1)
+elseif dis == 1 then
+  redis.call("HINCRBY", posterior, segment .. SEP .. "d", 1)
 end
 return {imp, acc, dis, segment}

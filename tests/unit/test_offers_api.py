@@ -65,6 +65,7 @@ async def client(store: MemoryFeatureStore, tmp_path: Any) -> AsyncIterator[Asyn
         ([offer("o", cooldown_days=-1)], "$[0].cooldown_days", 422),
         ([offer("o", colour="red")], "$[0].colour", 422),
         ([offer("o", attributes={"offer.type": "Bar"})], "$[0].attributes", 422),
+        ([offer("o", attributes={"id": "x"})], "$[0].attributes", 422),  # the model sees the offer's own as offer.id
         ({"offers": [offer("o", value="ten")]}, "$.offers[0].value", 422),
         ([offer("o"), offer("o")], "$[1].offer_id", 422),
         ([offer("o", eligibility={"segments": ["vips"]})], "$[0].eligibility.segments", 422),  # not a known segment

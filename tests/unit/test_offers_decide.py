@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from features.offer_store import Contact
+from features.propensity_model import FeatureSpec, PropensityModel, TreeEnsemble
 from recsvc.offer_policy import Cap, OfferPolicy, PriorSettings
 from recsvc.offers import DrawBank, build_evidence, compile_catalog, decide, model_applies
 from tests.offers_support import COFFEE_P, DAY, NOW, OTHER_P, offer, record, tiny_model
@@ -156,6 +157,75 @@ def test_model_applies_only_to_offers_its_spec_knows() -> None:
     assert got["retail"] == ("prior", pytest.approx(0.05))  # never scored as if the model knew it
     assert [e.offer_id for e in d.entries] == ["coffee", "bar", "retail"] and d.model == "recsvc-propensity@7"
     assert run([retail], record(), model=model).model is None  # the model was not used for this answer
+
+
+def log_model(known: list[str], seen: dict | None = None) -> PropensityModel:
+    """A model as training.offer_log exports it: offer.id one-hot over the offers with enough outcomes; one tree,
+    +1 log-odds for a customer whose trait `plan` is "family" (whatever the offer)."""
+    spec = FeatureSpec(categorical={"offer.id": known, "customer.plan": ["family", "single"]}, ordinal={}, numeric=[])
+    col = len(known)  # customer.plan=family
+    trees = TreeEnsemble(feature=np.array([col, -1, -1]), threshold=np.array([0.5, 0.0, 0.0]),
+                         missing_left=np.array([True, False, False]), left=np.array([1, 0, 0]),
+                         right=np.array([2, 0, 0]), value=np.array([0.0, -2.0, 1.0]), tree_start=np.array([0]),
+                         baseline=0.0)
+    return PropensityModel(spec, trees, ["offer.id"], seen or {})
+
+
+def test_a_model_trained_on_the_log_scores_the_offers_it_knows_and_only_later_outcomes_move_it() -> None:
+    family = record(traits={"segment": "vip", "plan": "family"})
+    model = log_model(["old"], seen={"old": {"vip": (40, 8)}})
+    counts = {"old": {"vip": [50, 11, 0]}, "new": {"vip": [5, 1, 0]}}
+    d = run([offer("old"), offer("new")], family, k=2, model=model, counts=counts)
+    e = {x.offer_id: x for x in d.entries}
+    q = 1 / (1 + np.exp(-1.0))
+    s = GREEDY.model_strength
+    assert e["old"].prior == pytest.approx(q) and e["old"].source == "model+posterior"
+    # 10 impressions and 3 accepts came after the model's training data: only they move its estimate
+    assert (e["old"].impressions, e["old"].accepts) == (10, 3)
+    assert e["old"].propensity == pytest.approx((s * q + 3) / (s + 10))
+    assert e["new"].source == "prior+posterior" and "propensity:prior+posterior" in e["new"].reasons
+    assert d.model == "recsvc-propensity@7"
+    # what the decision saw of the customer is kept for the log, as the model saw it
+    assert d.attributes is not None and d.attributes["customer.plan"] == "family"
+    assert d.attributes["customer.segment"] == "vip" and d.attributes["context.channel"] == "web"
+    # no outcomes since training: the model's estimate alone
+    fresh = run([offer("old")], family, model=model, counts={"old": {"vip": [40, 8, 0]}}).entries[0]
+    assert fresh.source == "model" and fresh.propensity == pytest.approx(q)
+    single = run([offer("old")], record(traits={"segment": "vip", "plan": "single"}), model=model).entries[0]
+    assert single.propensity == pytest.approx(1 / (1 + np.exp(2.0)))
+
+
+def test_thompson_draws_weigh_a_learned_estimate_by_model_strength() -> None:
+    """Exploring draws a learned model's estimate as a Beta worth model_strength impressions (narrow), a prior's as
+    one worth prior_strength (wide)."""
+    policy = replace(GREEDY, exploration=1.0, draws=4000)
+    model = log_model(["old"], seen={"old": {"vip": (40, 8)}})
+    catalog = compile_catalog({o.offer_id: o for o in [offer("old"), offer("new")]}, 1, policy, model, "m@1")
+    bank = DrawBank(policy.draws)
+    rec = record(traits={"segment": "vip", "plan": "family"})
+    decide([(rec, "c1")], catalog, build_evidence({}, policy), "web", 1, NOW, policy, np.random.default_rng(1),
+           bank=bank)
+    q_model, q_prior = 1 / (1 + np.exp(-1.0)), policy.prior.segments["vip"]
+    draws = bank.rows[: len(bank.index)]
+    by_mean = sorted((float(r.mean()), float(r.std())) for r in draws)
+    (m_prior, sd_prior), (m_model, sd_model) = by_mean
+    assert m_model == pytest.approx(q_model, abs=0.01) and m_prior == pytest.approx(q_prior, abs=0.01)
+    beta_sd = lambda q, n: np.sqrt(q * (1 - q) / (n + 1))  # noqa: E731
+    assert sd_model == pytest.approx(beta_sd(q_model, policy.model_strength), rel=0.1)
+    assert sd_prior == pytest.approx(beta_sd(q_prior, policy.prior_strength), rel=0.1)
+
+
+def test_offer_attributes_the_model_sees() -> None:
+    o = offer("mugs", value=4.5, categories=["home/kitchen"], attributes={"type": "voucher", "pct": 15})
+    catalog = compile_catalog({"mugs": o}, 1, GREEDY, None, None)
+    c = catalog.index["mugs"]
+    assert c.log_attrs == {"offer.category.home/kitchen": 1, "offer.type": "voucher", "offer.pct": 15}
+    assert c.attrs == {"offer.id": "mugs", "offer.value": 4.5, **c.log_attrs}
+
+
+def test_a_decision_without_offers_keeps_no_attributes() -> None:
+    d = run([offer("o", eligibility={"segments": ["vip"]})], record())
+    assert d.entries == [] and d.attributes is None
 
 
 def test_posterior_moves_the_estimate_towards_the_outcomes() -> None:

@@ -24,6 +24,7 @@ from recsvc.settings import Settings
 def test_shipped_file_loads_with_documented_defaults() -> None:
     p = load_policy(DEFAULT_OFFERS_CONFIG)
     assert p.exploration == 0.1 and p.draws == 200 and p.prior_strength == 20
+    assert p.model_strength == 200
     assert Cap("total", 3, DAY) in p.caps and Cap("email", 1, 7 * DAY) in p.caps
     assert p.consent_defaults["email"] is False and p.consent_defaults["web"] is True
     assert p.prior.segments["champions"] == pytest.approx(0.09) and p.prior.segments["at risk"] == pytest.approx(0.04)
@@ -33,7 +34,7 @@ def test_shipped_file_loads_with_documented_defaults() -> None:
 def test_every_setting_is_read() -> None:
     p = parse_policy({
         "policy": {"exploration": 0.25, "draws": 50, "prior_strength": 5, "max_retries": 2, "refresh_seconds": 0,
-                   "seed": 7, "default_cooldown_days": 3, "explain_limit": 10},
+                   "seed": 7, "default_cooldown_days": 3, "explain_limit": 10, "model_strength": 50},
         "caps": {"total": {"max": 5, "days": 2}, "channels": {"sms": {"max": 0, "days": 30}}},
         "consent": {"defaults": {"email": "granted", "web": "denied"}},
         "prior": {"base_rate": 0.02, "max_affinity_rate": 0.5, "affinity_scale": 2, "category_weight": 0.25,
@@ -41,7 +42,9 @@ def test_every_setting_is_read() -> None:
         "export": {"batch": 100, "resume_days": 1},
     })
     assert (p.exploration, p.draws, p.prior_strength, p.max_retries, p.refresh_s, p.seed) == (0.25, 50, 5, 2, 0, 7)
-    assert p.default_cooldown_days == 3 and p.explain_limit == 10
+    assert p.default_cooldown_days == 3 and p.explain_limit == 10 and p.model_strength == 50
+    # a learned model is worth at least the prior: a stronger prior raises the model's default with it
+    assert parse_policy({"policy": {"prior_strength": 500}}).model_strength == 500
     assert p.caps == (Cap("total", 5, 2 * DAY), Cap("sms", 0, 30 * DAY))
     assert p.consent_defaults["email"] is True and p.consent_defaults["web"] is False
     assert p.consent_defaults["app"] is True  # not named: the built-in default stays
@@ -56,6 +59,7 @@ def test_every_setting_is_read() -> None:
         ({"policy": {"explore": 0.1}}, "policy.explore"),
         ({"policy": {"exploration": 1.5}}, "policy.exploration"),
         ({"policy": {"draws": 0}}, "policy.draws"),
+        ({"policy": {"model_strength": 10, "prior_strength": 20}}, "policy.model_strength"),
         ({"policy": {"draws": 10.5}}, "policy.draws"),
         ({"caps": {"channels": {"emial": {"max": 1, "days": 7}}}}, "caps.channels.emial"),
         ({"caps": {"total": {"max": 1}}}, "caps.total"),
