@@ -23,6 +23,7 @@ Layout (P = the prefix, default `rs:v1`):
 | P:i:{item}:n                | hash   | event counts by type                               | TTL ITEM_STATS_TTL |
 | P:pop:{scope}:pop           | zset   | item popularity, forward-decayed (14-day half-life)| POPULAR_CAP; `co:` scopes also TTL COUNTRY_POP_TTL |
 | P:pop:{scope}:h:{hour}      | zset   | item events in one hour (hours since 1970), trending | EXPIREAT hour end + TRENDING_KEEP |
+| P:pop:{scope}:tmp           | zset   | scratch of a trending read (weighted union of the hours) | deleted in the same script call |
 | P:countries                 | zset   | country -> last popularity write (store time)       | COUNTRY_SCOPES_CAP |
 | P:ev:{event_id}             | string | idempotency marker                                 | TTL DEDUPE_TTL   |
 | P:log                       | stream | offline log entries, trimmed only after drain ack  | drained          |
@@ -142,6 +143,10 @@ class Keys:
     def trending(self, scope: str, hour: int) -> str:
         """hour = int(ts // 3600)."""
         return f"{self.prefix}:pop:{{{scope}}}:h:{hour}"
+
+    def trending_scratch(self, scope: str) -> str:
+        """Where the trending read sums a scope's hours (inside one script call, deleted before it returns)."""
+        return f"{self.prefix}:pop:{{{scope}}}:tmp"
 
     def dedupe(self, event_id: str) -> str:
         return f"{self.prefix}:ev:{{{event_id}}}"

@@ -92,7 +92,8 @@ _LUA = (
 
 _PROFILE_LUA = resources.files("features").joinpath("lua/profile.lua").read_text(encoding="utf-8")
 _LIVE_LUA = resources.files("features").joinpath("lua/live.lua").read_text(encoding="utf-8")
-SCRIPTS = {"ingest": _LUA, "profile": _PROFILE_LUA, "live": _LIVE_LUA}
+_TRENDING_LUA = resources.files("features").joinpath("lua/trending.lua").read_text(encoding="utf-8")
+SCRIPTS = {"ingest": _LUA, "profile": _PROFILE_LUA, "live": _LIVE_LUA, "trending": _TRENDING_LUA}
 
 PROFILE_RECENT = 50
 PROFILE_AFFINITIES = 50
@@ -412,16 +413,10 @@ class RedisFeatureStore:
             f = K.read_factor(K.POPULAR_HALF_LIFE, now)
             return [(_s(i), s * f) for i, s in rows]  # type: ignore[misc]
         hours = trending_hours(now)
-        pipe = self.client.pipeline(transaction=False)
-        for h in hours:
-            pipe.zrevrange(self.keys.trending(scope, h), 0, 4 * k, withscores=True)
-        scores: dict[str, float] = {}
-        for h, rows in zip(hours, await self._call(pipe.execute())):
-            w = trending_weight(h, now)
-            for item, s in rows:
-                key = _s(item)
-                scores[key] = scores.get(key, 0.0) + s * w  # type: ignore[index]
-        return top_k(scores, k)
+        keys = [self.keys.trending_scratch(scope), *(self.keys.trending(scope, h) for h in hours)]
+        args = [k, *(repr(trending_weight(h, now)) for h in hours)]
+        rows = await self._call(self.run_script(SCRIPTS["trending"], keys, args, name="trending"))
+        return [(_s(rows[i]), float(rows[i + 1])) for i in range(0, len(rows), 2)]
 
     # ---- the offline log ----
 

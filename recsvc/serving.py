@@ -107,6 +107,7 @@ class PopularSnapshots:
         self._data: OrderedDict[tuple[str, str], tuple[float, dict[str, float]]] = OrderedDict()
         self._empty: OrderedDict[tuple[str, str], float] = OrderedDict()  # scope -> when it was found empty
         self._refreshing: set[tuple[str, str]] = set()
+        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}  # first reads of a scope, shared by waiters
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
@@ -127,7 +128,12 @@ class PopularSnapshots:
             found = self._empty.get(key)
             if found is not None and time.monotonic() - found <= self.ttl_s:
                 return {}
-            await self._fetch(key)
+            # one read per scope however many requests miss it at once (a burst of 32 used to read it 32 times)
+            pending = self._inflight.get(key)
+            if pending is None:
+                pending = self._inflight[key] = asyncio.ensure_future(self._fetch(key))
+                pending.add_done_callback(lambda _f, key=key: self._inflight.pop(key, None))
+            await asyncio.shield(pending)
             got = self._data.get(key)
             return got[1] if got is not None else {}
         self._data.move_to_end(key)

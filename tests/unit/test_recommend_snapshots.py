@@ -71,3 +71,21 @@ def test_an_empty_scope_is_asked_again_after_the_ttl() -> None:
         assert store.reads == ["co:FR", "co:FR"]
 
     asyncio.run(run())
+
+
+class SlowStore(CountingStore):
+    async def popular(self, scope: str = "all", window: str = "pop", k: int = 100,  # type: ignore[override]
+                      now: float | None = None) -> list[tuple[str, float]]:
+        await asyncio.sleep(0.01)  # a read in flight while more requests for the scope arrive
+        return await super().popular(scope, window, k, now)
+
+
+def test_a_burst_of_requests_for_an_unread_scope_reads_it_once() -> None:
+    async def run() -> None:
+        store = SlowStore(hot=["co:GB"])
+        snaps = PopularSnapshots(lambda: store, ttl_s=60)
+        got = await asyncio.gather(*[snaps.get(s, "trend") for s in ["co:GB"] * 32 + ["co:FR"] * 32])
+        assert got[:32] == [{"top-of-co:GB": 1.0}] * 32 and got[32:] == [{}] * 32
+        assert sorted(store.reads) == ["co:FR", "co:GB"]  # one read each, not 32
+
+    asyncio.run(run())
