@@ -64,10 +64,16 @@ RESERVED_CUSTOMER_ID = (
 )
 
 
+# A country name or code becomes a Redis scope (`co:<country>`, inside a hash tag): letters first, then letters,
+# digits, spaces and . , ' ( ) & -; no braces. The recommendations endpoint's `country` parameter takes the same.
+COUNTRY_PATTERN = r"^[^\W\d_][\w .,'()&-]{0,63}(?![\s\S])"
+Country = Annotated[str, Meta(pattern=COUNTRY_PATTERN, description="1-64 chars, a letter first; no braces")]
+
+
 class EventContext(Struct, omit_defaults=True, forbid_unknown_fields=True):
     session_id: Id | None = None
     device: ShortText | None = None
-    country: ShortText | None = None
+    country: Country | None = None
     campaign: ShortText | None = None
     touchpoint: ShortText | None = None
 

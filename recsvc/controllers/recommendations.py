@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.params import PathParameter, QueryParameter
 
-from features.schema import ID_PATTERN, Channel
+from features.schema import COUNTRY_PATTERN, ID_PATTERN, Channel
 from recsvc.controllers.openapi import errors
 from recsvc.errors import NotFound, RecsvcError
 from recsvc.lifespan import ModelsDep, RecsDep
@@ -22,7 +22,6 @@ MAX_EXCLUDE = 200
 _ID = re.compile(ID_PATTERN)
 # A country name or code as events carry it ("GB", "United Kingdom", "Côte d'Ivoire"): letters first, then letters,
 # digits, spaces and . , ' ( ) & -; it selects a trending scope in the store, so nothing else gets through.
-COUNTRY_PATTERN = r"^[^\W\d_][\w .,'()&-]{0,63}$"
 _COUNTRY = re.compile(COUNTRY_PATTERN)
 
 CustomerId = Annotated[str, PathParameter(pattern=ID_PATTERN, max_length=128,
