@@ -17,7 +17,6 @@ Layout (P = the prefix, default `rs:v1`):
 | P:c:{person}:b              | zset   | purchased item -> last ts                          | PURCHASED_CAP    |
 | P:c:{person}:rt             | zset   | returned item -> last ts                           | RETURNED_CAP     |
 | P:c:{person}:cart           | hash   | item -> quantity                                   | TTL CART_TTL     |
-| P:c:{person}:s              | hash   | current session: id, started, last (its items are the recent events since `started`) | TTL SESSION_TTL |
 | P:c:{person}:ids            | set    | every alias linked to this person                  | TTL PERSON_TTL   |
 | P:i:{item}                  | hash   | catalog item: j (msgpack Item), cats, avail, price | none (catalog)   |
 | P:i:{item}:n                | hash   | event counts by type                               | TTL ITEM_STATS_TTL |
@@ -32,7 +31,9 @@ Layout (P = the prefix, default `rs:v1`):
 | P:items:ver                 | string | catalog version, INCR on every upsert              | none             |
 
 Person-hash field names: `first`, `last`, `country`, `n` (events), `orders`, `monetary`,
-`cnt:type:<type>`, `cnt:channel:<channel>`, `ls:<channel>` (last seen), `t:<trait>` (published traits).
+`cnt:type:<type>`, `cnt:channel:<channel>`, `ls:<channel>` (last seen), `t:<trait>` (published traits), `anon` (1: a
+person known only by aliases), and the current session `s:id`, `s:started`, `s:last` (its items are the recent events
+since `s:started`; it is over once `s:last` is SESSION_TTL old: readers check, the next live event starts a new one).
 Popularity scopes: `all`, `ch:<channel>`, `co:<country>`. `country` is free text (the Online Retail data has names,
 not codes), so the `co:` scopes are bounded by a registry, `P:countries`: a country gets popularity and trending keys
 only while it is registered; it is registered on its first popularity write when fewer than COUNTRY_SCOPES_CAP

@@ -35,7 +35,6 @@ from features.schema import (
     decode_link_record,
     decode_log_record,
     encode_log_record,
-    event_identifiers,
     normalize,
     session_items,
     to_log_record,
@@ -50,35 +49,38 @@ _recent_decoder = msgspec.json.Decoder(RecentEvent)
 _recent_list_decoder = msgspec.json.Decoder(list[RecentEvent])
 _item_decoder = msgspec.msgpack.Decoder(Item)
 
-# The numbers the Lua script needs, all from features/keys.py.
-LUA_CONFIG: dict[str, Any] = (
-    {
-        "decay_epoch": K.DECAY_EPOCH,
-        "person_ttl": K.PERSON_TTL,
-        "cart_ttl": K.CART_TTL,
-        "session_ttl": K.SESSION_TTL,
-        "item_stats_ttl": K.ITEM_STATS_TTL,
-        "dedupe_ttl": K.DEDUPE_TTL,
-        "trending_keep": K.TRENDING_KEEP,
-        "recent_cap": K.RECENT_CAP,
-        "item_aff_cap": K.ITEM_AFF_CAP,
-        "cat_aff_cap": K.CAT_AFF_CAP,
-        "purchased_cap": K.PURCHASED_CAP,
-        "returned_cap": K.RETURNED_CAP,
-        "popular_cap": K.POPULAR_CAP,
-        "country_scopes_cap": K.COUNTRY_SCOPES_CAP,
-        "country_pop_ttl": K.COUNTRY_POP_TTL,
-        "affinity_half_life": K.AFFINITY_HALF_LIFE,
-        "popular_half_life": K.POPULAR_HALF_LIFE,
-        "affinity": K.AFFINITY_WEIGHTS,
-        "popularity": K.POPULARITY_WEIGHTS,
-    }
-)
+# The numbers the Lua script computes with, all from features/keys.py (decay weights and half-lives are applied in
+# lua_event, before the call) ...
+LUA_CONFIG: dict[str, Any] = {
+    "session_ttl": K.SESSION_TTL,
+    "trending_keep": K.TRENDING_KEEP,
+    "recent_cap": K.RECENT_CAP,
+    "item_aff_cap": K.ITEM_AFF_CAP,
+    "cat_aff_cap": K.CAT_AFF_CAP,
+    "purchased_cap": K.PURCHASED_CAP,
+    "returned_cap": K.RETURNED_CAP,
+    "popular_cap": K.POPULAR_CAP,
+    "country_scopes_cap": K.COUNTRY_SCOPES_CAP,
+    "country_pop_ttl": K.COUNTRY_POP_TTL,
+}
+# ... and the ones it passes on to Redis, as text: redis.call formats a Lua number with "%.17g" on every call.
+LUA_TEXT: dict[str, Any] = {
+    "person_ttl_text": str(K.PERSON_TTL),
+    "cart_ttl_text": str(K.CART_TTL),
+    "dedupe_ttl_text": str(K.DEDUPE_TTL),
+    "item_stats_ttl_text": str(K.ITEM_STATS_TTL),
+    "country_pop_ttl_text": str(K.COUNTRY_POP_TTL),
+    "int_text": [str(i) for i in range(1, 65)],  # counts up to 64 need no formatting either
+}
 
 
 def _lua_literal(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"[{json.dumps(k)}] = {_lua_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "{" + ", ".join(_lua_literal(v) for v in value) + "}"
+    if isinstance(value, str):
+        return json.dumps(value)  # ASCII digits here: a JSON string is a Lua string
     return repr(float(value)) if isinstance(value, float) else str(int(value))
 
 
@@ -87,7 +89,7 @@ _LUA = (
     resources.files("features")
     .joinpath("lua/ingest.lua")
     .read_text(encoding="utf-8")
-    .replace("__CONFIG__", _lua_literal(LUA_CONFIG))
+    .replace("__CONFIG__", _lua_literal(LUA_CONFIG | LUA_TEXT))
 )
 
 _PROFILE_LUA = resources.files("features").joinpath("lua/profile.lua").read_text(encoding="utf-8")
@@ -109,35 +111,63 @@ PERSON_PARTS = ("p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids")
 OFFER_PARTS = ("ol", "os", "oo", "ox")
 
 
-def lua_event(event: Event, now: float) -> tuple[list[Any], bytes, bytes]:
-    """The compact array the Lua script reads (see the header of lua/ingest.lua; "" and 0 stand for absent),
-    the event's recent-list entry (JSON) and its offline-log record (msgpack, person_id left "" for the script)."""
+def lua_event(event: Event, now: float, prefix: str) -> list[Any]:
+    """The array the Lua script reads for one event (see the header of lua/ingest.lua; "" and 0 stand for absent).
+    Everything that does not depend on what the store holds is computed here: key names, the decayed increments and
+    the trending hour, and numbers the script passes on to Redis are text already. An event with a customer_id is
+    logged with its person (the customer) in the record; the others with person_id "" for the script to fill in."""
+    ts = event.ts
+    etype, item, customer, eid = event.type, event.item_id, event.customer_id, event.event_id
+    assert eid is not None
     ctx = event.context
-    recent = RecentEvent(
-        type=event.type,
-        channel=event.channel,
-        ts=event.ts,
-        item_id=event.item_id,
-        offer_id=event.offer_id,
-        content_id=event.content_id,
-        decision_id=event.decision_id,
+    country, session = (ctx.country, ctx.session_id) if ctx is not None else (None, None)
+    recent = _json.encode(
+        RecentEvent(etype, event.channel, ts, item, event.offer_id, event.content_id, event.decision_id)
     )
-    log = encode_log_record(to_log_record(event, "", now))
-    head = [
-        event.event_id,
-        event_identifiers(event),
-        event.customer_id or "",
-        event.type,
+    log = encode_log_record(to_log_record(event, customer or "", now, ts))
+    aff = pop_w = pop = ""
+    hour = 0
+    if item:  # increments in hexadecimal: exact, a third of repr's cost, and strtod (Redis, Lua) reads them
+        if (w := K.AFFINITY_WEIGHTS.get(etype)) is not None:
+            aff = (w * K.decay_factor(K.AFFINITY_HALF_LIFE, ts)).hex()
+        if (w := K.POPULARITY_WEIGHTS.get(etype)) is not None:
+            pop_w, pop = _WEIGHT_TEXT[w], (w * K.decay_factor(K.POPULAR_HALF_LIFE, ts)).hex()
+            hour = int(ts // K.HOUR)
+            if (hour + 1) * K.HOUR + K.TRENDING_KEEP <= now:  # its trending bucket is gone already
+                hour = 0
+    ids: list[str] | str = ""
+    if event.anonymous_id or event.device_id or event.email_hash:
+        ids = [f"{kind}:{v}" for kind, v in (("anonymous", event.anonymous_id), ("device", event.device_id),
+                                               ("email", event.email_hash)) if v]
+    n = len(log)  # the record as a msgpack str 8, 16 or 32 (the script's cmsgpack cannot read bin)
+    head = b"\xd9" + n.to_bytes(1, "big") if n < 0x100 else b"\xda" + n.to_bytes(2, "big") if n < 0x10000 else (
+        b"\xdb" + n.to_bytes(4, "big"))
+    return [
+        f"{prefix}:ev:{{{eid}}}",
+        eid,
+        ids,
+        customer or "",
+        etype,
         event.channel,
-        event.ts,
-        event.item_id or "",
+        ts,
+        repr(ts),
+        item or "",
         event.quantity or 0,
         event.value or 0.0,
-        (ctx.country if ctx else None) or "",
-        (ctx.session_id if ctx else None) or "",
-        person_offset(log, event.event_id),  # type: ignore[arg-type]
+        country or "",
+        session or "",
+        aff,
+        pop_w,
+        pop,
+        hour,
+        -1 if customer else person_offset(log, eid),
+        recent.decode(),  # JSON: UTF-8 text
+        msgspec.Raw(head + log),
     ]
-    return head, _json.encode(recent), log
+
+
+# Popularity weights as the script adds them to trending buckets: whole numbers print as integers ("4", not "4.0").
+_WEIGHT_TEXT = {w: (str(int(w)) if w == int(w) else repr(w)) for w in K.POPULARITY_WEIGHTS.values()}
 
 
 def person_offset(log: bytes, event_id: str) -> int:
@@ -243,16 +273,9 @@ class RedisFeatureStore:
     async def _ingest_batches(self, batches: Sequence[Sequence[Event]], now: float | None) -> list[IngestResult]:
         """One script call for several requests' events; each request gets its own counts back."""
         now = self.clock() if now is None else now
-        heads: list[list[Any]] = []
-        args: list[Any] = [self.keys.prefix, b"", now]
-        for events in batches:
-            for e in events:
-                head, recent, log = lua_event(normalize(e, now), now)
-                heads.append(head)
-                args.append(recent)
-                args.append(log)
-        args[1] = _msgpack.encode(heads)
-        flags = await self._call(self._eval(args), timeout=self._write_timeout)
+        prefix = self.keys.prefix
+        heads = [lua_event(normalize(e, now), now, prefix) for events in batches for e in events]
+        flags = await self._call(self._eval([prefix, _msgpack.encode(heads), now]), timeout=self._write_timeout)
         out, pos = [], 0
         for events in batches:
             mine = flags[pos : pos + len(events)]
@@ -397,7 +420,8 @@ class RedisFeatureStore:
 
     async def live(self, any_id: str, since: float, now: float | None = None) -> LiveFeatures | None:
         now = self.clock() if now is None else now
-        args = (self.keys.prefix, any_id, repr(float(since)), LIVE_RECENT_SCAN, LIVE_CATEGORIES)
+        args = (self.keys.prefix, any_id, repr(float(since)), LIVE_RECENT_SCAN, LIVE_CATEGORIES, repr(float(now)),
+                K.SESSION_TTL)
         res = await self._call(self._eval_script("live", args))
         if not res or not res[0]:
             return None
@@ -560,8 +584,8 @@ def build_profile_flat(res: Sequence[Any], now: float) -> Profile:
     recents = _recent_list_decoder.decode(b"[" + b",".join(recent) + b"]") if recent else []
     recents.sort(key=lambda r: -r.ts)
     session = None
-    if sess:
-        ss = {a.decode(): b.decode() for a, b in zip(sess[0::2], sess[1::2])}
+    ss = {a.decode(): b.decode() for a, b in zip(sess[0::2], sess[1::2])}
+    if ss and float(ss.get("last") or 0) >= now - K.SESSION_TTL:  # else it is over (as in the embedded store)
         started = float(ss.get("started") or 0)
         session = Session(session_id=ss.get("id") or "", started=started, last=float(ss.get("last") or 0),
                           items=session_items(recents, started))
@@ -587,10 +611,22 @@ def build_profile_flat(res: Sequence[Any], now: float) -> Profile:
 
 
 def build_live(res: Sequence[Any], now: float) -> LiveFeatures:
-    """LiveFeatures from the live script's reply: [person, p, b, b_since, rt, cart, s, r, ca]."""
+    """LiveFeatures from the live script's reply: [person, p, b, b_since, rt, cart, s, r, ca] (see lua/live.lua: p holds
+    only the fields read here, b and rt are joined by newlines; every value decoded is one that is used)."""
     person, h, bought, since, returned, cart, sess, recent, ca = res
-    hs = {a.decode(): b.decode() for a, b in zip(h[0::2], h[1::2])}
-    traits = {f[2:]: v for f, v in hs.items() if f[:2] == "t:"}
+    country: str | None = None
+    orders = events = 0
+    traits: dict[str, str] = {}
+    for i in range(0, len(h), 2):
+        f, v = h[i], h[i + 1]
+        if f == b"country":
+            country = v.decode()
+        elif f == b"orders":
+            orders = int(v or 0)
+        elif f == b"n":
+            events = int(v or 0)
+        elif f[:2] == b"t:":
+            traits[f[2:].decode()] = v.decode()
     session_ids: list[str] = []
     if sess:
         ss = {a.decode(): b.decode() for a, b in zip(sess[0::2], sess[1::2])}
@@ -602,14 +638,14 @@ def build_live(res: Sequence[Any], now: float) -> LiveFeatures:
     fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
     return LiveFeatures(
         person=person.decode(),
-        country=hs.get("country"),
-        orders=int(hs.get("orders") or 0),
-        events=int(hs.get("n") or 0),
+        country=country,
+        orders=orders,
+        events=events,
         traits=traits,
-        purchased=[b.decode() for b in bought],
+        purchased=bought.decode().split("\n") if bought else [],
         purchased_since=dict(_pairs(since)),
-        returned=sorted(b.decode() for b in returned),
+        returned=sorted(returned.decode().split("\n")) if returned else [],
         cart=[b.decode() for b in cart],
         session_items=session_ids,
-        category_affinity=[(c, s * fa) for c, s in _pairs(ca)],
+        category_affinity=[(c.decode(), float(v) * fa) for c, v in zip(ca[0::2], ca[1::2])],
     )

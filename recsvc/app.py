@@ -28,7 +28,7 @@ from recsvc.lifespan import Services, lifespan
 from recsvc.models import ModelRegistry
 from recsvc.ratelimit import default_limiter
 from recsvc.logging import configure_logging
-from recsvc.security import KeyRing, RateLimiter, scope_guard
+from recsvc.security import KeyRing, RateLimiter, scope_check
 from recsvc.settings import Settings
 from recsvc.telemetry import RequestTelemetry, Scrape
 
@@ -76,7 +76,7 @@ def create_app(
             "recs": Provide(services.get_recs, sync_to_thread=False),
             "content": Provide(content.provide, sync_to_thread=False),
         },
-        guards=[scope_guard(keyring, rate_limiter)],
+        before_request=scope_check(keyring, rate_limiter),  # what a guard does, without its per-request copy
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan(services)],
         on_startup=[content.warm],

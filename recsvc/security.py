@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from litestar.connection import ASGIConnection
+from litestar.connection import ASGIConnection, Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 
@@ -145,3 +145,15 @@ def scope_guard(ring: KeyRing, limiter: RateLimiter | None = None) -> Guard:
             await limiter.check(principal, scope)
 
     return guard
+
+
+def scope_check(ring: KeyRing, limiter: RateLimiter | None = None) -> Callable[[Request], Awaitable[None]]:
+    """scope_guard as the app's before-request hook. Litestar hands each guard a copy of the route handler
+    (`copy(self)`: some 60 attributes, ~20 us on every request); a hook reads `request.route_handler` itself. It runs
+    where the guard did for the app's routes (none is cached): before parameters, dependencies and the body."""
+    guard = scope_guard(ring, limiter)
+
+    async def check(request: Request) -> None:
+        await guard(request, request.route_handler)
+
+    return check

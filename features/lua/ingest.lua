@@ -1,16 +1,24 @@
--- recsvc ingest: apply a batch of events atomically, one event at a time, in one round trip.
+-- recsvc ingest: apply a batch of events atomically, in order, in one round trip.
 -- Key names follow features/keys.py (a test checks they agree); every number comes from features/keys.py, rendered
 -- into the config table literal below when the script is loaded (so a call carries no config to parse).
 --
 -- ARGV[1] prefix, e.g. "rs:v1"
--- ARGV[2] msgpack array of events; each event is an array (no nils: "" and 0 stand for absent):
---   1 event_id  2 aliases (array of "kind:value", customer first)  3 customer_id  4 type  5 channel  6 ts
---   7 item_id  8 quantity  9 value  10 country  11 session_id  12 offset of person_id in the log record
+-- ARGV[2] msgpack array of events, prepared by features.redis_store.lua_event; each event is an array (no nils: ""
+--   and 0 stand for absent):
+--   1 dedupe key (P:ev:{event_id})  2 event_id  3 the ids to resolve: array of "kind:value" of its anonymous, device
+--   and email ids ("" when there are none)  4 customer_id  5 type  6 channel  7 ts  8 ts as text  9 item_id
+--   10 quantity  11 value  12 country  13 session_id  14 affinity increment (forward-decayed) as text ("": none, the
+--   type has no affinity weight or there is no item)  15 popularity weight as text ("": none)  16 popularity increment
+--   (forward-decayed) as text  17 trending hour (hours since 1970; 0: that hour's bucket has expired already, e.g. a
+--   history import)  18 byte offset of person_id in the log record (-1: the record names its person, the customer_id,
+--   already)  19 the recent-list entry (JSON)  20 the offline-log record (msgpack of features.schema.LogRecord; for an
+--   event without customer_id, person_id is "", a one-byte empty string at byte `offset` + 1, which the script
+--   replaces with the resolved person). 19 and 20 are msgpack strings with binary content, which cmsgpack reads as
+--   they are.
 -- ARGV[3] now (epoch seconds, server-side receive time)
--- ARGV[2 + 2i], ARGV[3 + 2i] for event i (1-based): its recent-list entry (JSON) and its offline-log record
---   (msgpack of features.schema.LogRecord with person_id "", a one-byte empty string at byte `offset` + 1, which
---   the script replaces with the resolved person; Redis' cmsgpack cannot read msgspec's bin strings, so these are
---   separate binary-safe arguments).
+-- Numbers that go to Redis arrive as text (the increments in C99 hexadecimal, which Redis and tonumber read with
+-- strtod, exactly): redis.call formats a Lua number with "%.17g", which costs about as much as the command it is an
+-- argument of.
 -- Returns an array: 1 accepted, 0 duplicate, per event, in order.
 --
 -- Identity: the person is the customer_id when present; else the person an alias already points to (the first one
@@ -19,25 +27,40 @@
 -- merged into the customer and every alias of it (its own name included) re-pointed. An alias linked to another
 -- customer (a shared device) is re-pointed to the new one: last login wins for future events, past history stays
 -- with the earlier customer, who loses the alias from its `ids`.
+-- The current session is three fields of the person hash (s:id, s:started, s:last), written by live events only
+-- (ts within SESSION_TTL of now) and never moved backwards. It is over once its last event is SESSION_TTL older than
+-- now (readers check the same), and the next live event starts a new one, as does a gap of more than SESSION_TTL
+-- between events or a new client session_id; a new session is named after the client's session_id, else the event.
 -- Per-country popularity (`co:<country>` scopes) is bounded by the registry P:countries (country -> last write, in
 -- store time `now`): a registered country whose last write is COUNTRY_POP_TTL old or more counts as gone; a country not
 -- registered (or gone) is admitted only after the gone ones are pruned (their popularity keys deleted) and while fewer
 -- than COUNTRY_SCOPES_CAP remain. A refused country gets no `co:` keys; its events count everywhere else. Admitted
 -- countries' popularity keys get EXPIRE COUNTRY_POP_TTL at the end of the batch.
--- Housekeeping is paced by the person's event count n: capped lists and sets are trimmed every 16th event (so they
--- overshoot their cap by at most 15 entries) and TTLs of the person's keys are refreshed on the first event, every
--- 16th, and the first event of each new day; a key created in between gets its TTL at once.
+--
+-- Cost: every event is checked for duplicates, resolved and logged (XADD) at once, in order; what it does to its
+-- person is applied to a per-batch copy of the person's state (the person-hash fields it needs, read once) and
+-- written when the batch ends, one command per key: one HSET of the person hash, one LPUSH of the batch's recent
+-- entries, one ZINCRBY per distinct item or category, one ZADD GT of the purchases. A merge writes both people's
+-- pending state first, so it reads what a one-event-at-a-time run would. Popularity and trending increments are
+-- summed per key and member, item counts per item, and written at the end.
+-- Housekeeping is paced by the person's event count n: capped lists and sets are trimmed when the batch took the
+-- person past a multiple of 16 (so they overshoot their cap by at most 15 entries) and TTLs of the person's keys are
+-- refreshed on the first event, every 16th, and the first event of each new day; a key created in between gets its
+-- TTL at once.
 -- Keys are derived here from the prefix, which a single Redis accepts; on Redis Cluster the person's keys share a
 -- hash tag, and the cross-slot parts (aliases, popularity, log) will need a per-slot split there.
 
+local call = redis.call
 local P = ARGV[1]
 local cfg = __CONFIG__  -- a Lua table literal rendered from features/keys.py when the script is loaded
 local events = cmsgpack.unpack(ARGV[2])
 local now = tonumber(ARGV[3])
 
-local E = cfg.decay_epoch
 local DAY = 86400
-local PARTS = {"p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids"}
+local PERSON_TTL, CART_TTL = cfg.person_ttl_text, cfg.cart_ttl_text
+local SESSION_TTL = cfg.session_ttl
+local INT = cfg.int_text  -- "1" .. "64": counts as text without formatting them
+local PARTS = {"p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids"}  -- "s": where sessions were kept before
 local LASTING = {"p", "r", "ia", "ca", "b", "rt", "ids"}  -- the parts that live PERSON_TTL
 local LOG = P .. ":log"
 
@@ -45,51 +68,66 @@ local function pkey(person, part) return P .. ":c:{" .. person .. "}:" .. part e
 local function akey(alias) return P .. ":id:{" .. alias .. "}" end
 
 local function trim_zset(key, cap)
-  local n = redis.call("ZCARD", key)
-  if n > cap then redis.call("ZREMRANGEBYRANK", key, 0, n - cap - 1) end
+  local n = call("ZCARD", key)
+  if n > cap then call("ZREMRANGEBYRANK", key, 0, n - cap - 1) end
 end
 
-local function decayed(w, ts, half_life) return w * math.pow(2, (ts - E) / half_life) end
+-- Sum `inc` into t[k][member]. An increment arrives as text; a sum of several is a number.
+local function acc(t, k, member, inc)
+  local s = t[k]
+  if not s then s = {}; t[k] = s end
+  local cur = s[member]
+  if cur then s[member] = tonumber(cur) + tonumber(inc) else s[member] = inc end
+end
+
+-- Per-batch state of the people this batch touched (see "Cost" above); flush(person) writes it and forgets it.
+local people, touched = {}, {}
+local flush
 
 -- Point `alias` at `person` and log the link; the previous owner, if another person, forgets it.
 local function link(alias, person, ts, previous)
-  redis.call("SET", akey(alias), person, "EX", cfg.person_ttl)
-  if previous and previous ~= person then redis.call("SREM", pkey(previous, "ids"), alias) end
-  redis.call("SADD", pkey(person, "ids"), alias)
-  redis.call("EXPIRE", pkey(person, "ids"), cfg.person_ttl)
-  redis.call("XADD", LOG, "*", "k", "l", "d", cmsgpack.pack({alias, person, ts}))
+  call("SET", akey(alias), person, "EX", PERSON_TTL)
+  if previous and previous ~= person then call("SREM", pkey(previous, "ids"), alias) end
+  call("SADD", pkey(person, "ids"), alias)
+  call("EXPIRE", pkey(person, "ids"), PERSON_TTL)
+  call("XADD", LOG, "*", "k", "l", "d", cmsgpack.pack({alias, person, ts}))
 end
 
 -- Move everything of anonymous person `old` into person `new`, re-point old's aliases (and old's own name, itself
 -- an alias such as "anonymous:abc") to new, then delete old.
 local function merge(old, new, ts)
+  flush(old)
+  flush(new)
   local op, np = pkey(old, "p"), pkey(new, "p")
-  local h = redis.call("HGETALL", op)
-  local new_last = tonumber(redis.call("HGET", np, "last"))
+  local h = call("HGETALL", op)
+  local new_last = tonumber(call("HGET", np, "last"))
+  local new_session = call("HEXISTS", np, "s:id") == 1
   local old_last, old_country = nil, nil
   for i = 1, #h, 2 do
     local f, v = h[i], h[i + 1]
     if f == "first" then
-      local cur = tonumber(redis.call("HGET", np, f))
-      if not cur or tonumber(v) < cur then redis.call("HSET", np, f, v) end
+      local cur = tonumber(call("HGET", np, f))
+      if not cur or tonumber(v) < cur then call("HSET", np, f, v) end
     elseif f == "last" or string.sub(f, 1, 3) == "ls:" then
-      local cur = tonumber(redis.call("HGET", np, f))
-      if not cur or tonumber(v) > cur then redis.call("HSET", np, f, v) end
+      local cur = tonumber(call("HGET", np, f))
+      if not cur or tonumber(v) > cur then call("HSET", np, f, v) end
       if f == "last" then old_last = tonumber(v) end
-    elseif f == "monetary" then redis.call("HINCRBYFLOAT", np, f, v)
-    elseif f == "n" or f == "orders" or string.sub(f, 1, 4) == "cnt:" then redis.call("HINCRBY", np, f, v)
+    elseif f == "monetary" then call("HINCRBYFLOAT", np, f, v)
+    elseif f == "n" or f == "orders" or string.sub(f, 1, 4) == "cnt:" then call("HINCRBY", np, f, v)
     elseif f == "country" then old_country = v
-    elseif f ~= "anon" then redis.call("HSETNX", np, f, v) end  -- traits: the customer's own value wins
+    elseif string.sub(f, 1, 2) == "s:" then  -- the session: the customer's own, else the anonymous one
+      if not new_session then call("HSET", np, f, v) end
+    elseif f ~= "anon" then call("HSETNX", np, f, v) end  -- traits: the customer's own value wins
   end
   -- country is the latest one seen: the anonymous history's when it is the more recent
   if old_country and (not new_last or (old_last and old_last > new_last)
-      or redis.call("HEXISTS", np, "country") == 0) then
-    redis.call("HSET", np, "country", old_country)
+      or call("HEXISTS", np, "country") == 0) then
+    call("HSET", np, "country", old_country)
   end
   -- recent events: merged by time, newest first (ties: the customer's first), capped
   local merged = {}
   for rank, person in ipairs({new, old}) do
-    for pos, blob in ipairs(redis.call("LRANGE", pkey(person, "r"), 0, -1)) do
+    for pos, blob in ipairs(call("LRANGE", pkey(person, "r"), 0, -1)) do
       table.insert(merged, {cjson.decode(blob).ts or 0, rank, pos, blob})
     end
   end
@@ -100,46 +138,42 @@ local function merge(old, new, ts)
       return a[3] < b[3]
     end)
     local rk = pkey(new, "r")
-    redis.call("DEL", rk)
-    for i = 1, math.min(#merged, cfg.recent_cap) do redis.call("RPUSH", rk, merged[i][4]) end
+    call("DEL", rk)
+    for i = 1, math.min(#merged, cfg.recent_cap) do call("RPUSH", rk, merged[i][4]) end
   end
   for _, part in ipairs({"ia", "ca"}) do
-    redis.call("ZUNIONSTORE", pkey(new, part), 2, pkey(new, part), pkey(old, part))
+    call("ZUNIONSTORE", pkey(new, part), 2, pkey(new, part), pkey(old, part))
   end
   trim_zset(pkey(new, "ia"), cfg.item_aff_cap)
   trim_zset(pkey(new, "ca"), cfg.cat_aff_cap)
   for _, part in ipairs({"b", "rt"}) do
-    redis.call("ZUNIONSTORE", pkey(new, part), 2, pkey(new, part), pkey(old, part), "AGGREGATE", "MAX")
+    call("ZUNIONSTORE", pkey(new, part), 2, pkey(new, part), pkey(old, part), "AGGREGATE", "MAX")
   end
-  local cart = redis.call("HGETALL", pkey(old, "cart"))
-  for i = 1, #cart, 2 do redis.call("HINCRBY", pkey(new, "cart"), cart[i], cart[i + 1]) end
-  if #cart > 0 then redis.call("EXPIRE", pkey(new, "cart"), cfg.cart_ttl) end
-  if redis.call("EXISTS", pkey(new, "s")) == 0 and redis.call("EXISTS", pkey(old, "s")) == 1 then
-    redis.call("HSET", pkey(new, "s"), unpack(redis.call("HGETALL", pkey(old, "s"))))
-    redis.call("EXPIRE", pkey(new, "s"), cfg.session_ttl)
-  end
-  local aliases = redis.call("SMEMBERS", pkey(old, "ids"))
+  local cart = call("HGETALL", pkey(old, "cart"))
+  for i = 1, #cart, 2 do call("HINCRBY", pkey(new, "cart"), cart[i], cart[i + 1]) end
+  if #cart > 0 then call("EXPIRE", pkey(new, "cart"), CART_TTL) end
+  local aliases = call("SMEMBERS", pkey(old, "ids"))
   table.sort(aliases)
   table.insert(aliases, 1, old)
-  for _, part in ipairs(PARTS) do redis.call("DEL", pkey(old, part)) end
+  for _, part in ipairs(PARTS) do call("DEL", pkey(old, part)) end
   for _, alias in ipairs(aliases) do link(alias, new, ts, nil) end
-  for _, part in ipairs(LASTING) do redis.call("EXPIRE", pkey(new, part), cfg.person_ttl) end
+  for _, part in ipairs(LASTING) do call("EXPIRE", pkey(new, part), PERSON_TTL) end
 end
 
 -- The person an event belongs to, linking and merging as described in the header; second result: a new
 -- anonymous person was started.
 local function resolve(aliases, customer, ts)
   if customer ~= "" then
+    if aliases == "" then return customer, false end
     for _, alias in ipairs(aliases) do
-      if string.sub(alias, 1, 9) ~= "customer:" then
-        local cur = redis.call("GET", akey(alias))
-        if cur ~= customer then
-          local anon = cur or alias  -- the anonymous person this alias stood for (itself when never linked)
-          if anon ~= customer and redis.call("HGET", pkey(anon, "p"), "anon") == "1" then
-            merge(anon, customer, ts)  -- links this alias too
-          else
-            link(alias, customer, ts, cur)
-          end
+      local cur = call("GET", akey(alias))
+      if cur ~= customer then
+        local anon = cur or alias  -- the anonymous person this alias stood for (itself when never linked)
+        if anon ~= customer then flush(anon) end  -- its anon flag may still be pending in this batch
+        if anon ~= customer and call("HGET", pkey(anon, "p"), "anon") == "1" then
+          merge(anon, customer, ts)  -- links this alias too
+        else
+          link(alias, customer, ts, cur)
         end
       end
     end
@@ -147,45 +181,160 @@ local function resolve(aliases, customer, ts)
   end
   local person, owners = nil, {}
   for i, alias in ipairs(aliases) do
-    owners[i] = redis.call("GET", akey(alias))
+    owners[i] = call("GET", akey(alias))
     if owners[i] then person = owners[i]; break end
   end
   local fresh = not person
   if fresh then person = aliases[1] end
   for i, alias in ipairs(aliases) do
     local owner = owners[i]
-    if owner == nil then owner = redis.call("GET", akey(alias)) end
+    if owner == nil then owner = call("GET", akey(alias)) end
     if alias ~= person and not owner then link(alias, person, ts, nil) end
   end
   return person, fresh
 end
 
--- Work that can wait to the end of the batch: popularity increments summed per key and member, item counts per
--- item, TTLs once per key.
-local zinc, hinc, expire_at, expire, trim = {}, {}, {}, {}, {}
-local function zadd_later(key, member, inc)
-  local t = zinc[key]
-  if not t then t = {}; zinc[key] = t end
-  t[member] = (t[member] or 0) + inc
+-- A person's batch state: pk, the person hash's key; v, its values read so far (a number, or false when absent; the
+-- session's id as text); put, field-value pairs to HSET, put[1 .. k] (a field set by several events of the batch is
+-- there several times: the last one wins); new: the hash had no events, so every part is known to be empty; recent:
+-- entries to push, oldest first; ia, ca: increments per member; b, rt: latest time per item ({number, text}); flags
+-- trim, refresh, cart. The first read takes the fields this event needs (the session's when it is live, orders and
+-- monetary for a purchase or return); a later event of the same person reads what it needs and was not read yet.
+-- Tables are built whole where they can be, so Lua sizes them once.
+local function read(st, fields)  -- HMGET of fields not read yet
+  local got = call("HMGET", st.pk, unpack(fields))
+  local v = st.v
+  for i, f in ipairs(fields) do
+    if f == "s:id" then v[f] = got[i] else v[f] = tonumber(got[i]) or false end
+  end
 end
+
+local function state(person, tf, cf, lf, live, money)
+  local st = people[person]
+  if st then
+    if not st.new then
+      local v, missing = st.v, {}
+      if v[tf] == nil then missing[#missing + 1] = tf end
+      if v[cf] == nil then missing[#missing + 1] = cf end
+      if v[lf] == nil then missing[#missing + 1] = lf end
+      if live and v["s:last"] == nil then missing[#missing + 1] = "s:id"; missing[#missing + 1] = "s:last" end
+      if money and v.orders == nil then missing[#missing + 1] = "orders"; missing[#missing + 1] = "monetary" end
+      if #missing > 0 then read(st, missing) end
+    end
+    return st
+  end
+  local pfx = P .. ":c:{" .. person .. "}:"
+  local pk = pfx .. "p"
+  local got, m  -- m: where orders and monetary are in got
+  if live and money then
+    got, m = call("HMGET", pk, "n", "first", "last", tf, cf, lf, "s:id", "s:last", "orders", "monetary"), 9
+  elseif live then
+    got = call("HMGET", pk, "n", "first", "last", tf, cf, lf, "s:id", "s:last")
+  elseif money then
+    got, m = call("HMGET", pk, "n", "first", "last", tf, cf, lf, "orders", "monetary"), 7
+  else
+    got = call("HMGET", pk, "n", "first", "last", tf, cf, lf)
+  end
+  local n = tonumber(got[1])
+  local v = {n = n or false, first = tonumber(got[2]) or false, last = tonumber(got[3]) or false,
+             [tf] = tonumber(got[4]) or false, [cf] = tonumber(got[5]) or false, [lf] = tonumber(got[6]) or false}
+  if live then v["s:id"], v["s:last"] = got[7], tonumber(got[8]) or false end
+  if m then v.orders, v.monetary = tonumber(got[m]) or false, tonumber(got[m + 1]) or false end
+  st = {pfx = pfx, pk = pk, v = v, new = not n, recent = {}, k = 0,
+        put = {false, false, false, false, false, false, false, false, false, false, false, false,
+               false, false, false, false, false, false, false, false, false, false, false, false}}
+  people[person] = st
+  touched[#touched + 1] = person
+  return st
+end
+
+local function write_zincr(key, incs, check)  -- true when check and a member was new
+  local fresh = false
+  for member, inc in pairs(incs) do
+    local score = call("ZINCRBY", key, inc, member)
+    if check and tonumber(score) == tonumber(inc) then fresh = true end
+  end
+  return fresh
+end
+
+local function write_latest(key, latest)  -- ZADD GT of {item -> {ts, text}}; true when an item was new
+  local args, k = {"GT"}, 1
+  for item, t in pairs(latest) do
+    args[k + 1] = t[2]; args[k + 2] = item; k = k + 2
+  end
+  return call("ZADD", key, unpack(args)) > 0
+end
+
+flush = function(person)
+  local st = people[person]
+  if not st then return end
+  people[person] = nil
+  local pfx, new, trim = st.pfx, st.new, st.trim
+  local put, k = st.put, st.k
+  if k > 64 then  -- many events of this person: one value per field
+    local last, fields = {}, {}
+    for i = 1, k, 2 do
+      local f = put[i]
+      if last[f] == nil then fields[#fields + 1] = f end
+      last[f] = put[i + 1]
+    end
+    put, k = {}, 0
+    for _, f in ipairs(fields) do put[k + 1] = f; put[k + 2] = last[f]; k = k + 2 end
+  end
+  if k > 0 then call("HSET", st.pk, unpack(put, 1, k)) end
+  local rk, iak = pfx .. "r", st.ia and pfx .. "ia"
+  if #st.recent > 0 then call("LPUSH", rk, unpack(st.recent)) end
+  if trim then call("LTRIM", rk, 0, cfg.recent_cap - 1) end
+  -- new: every key written is new; else a key with a new member may have been created now
+  local fresh_ia = iak and (write_zincr(iak, st.ia, not new) or new)
+  local fresh_ca = st.ca and (write_zincr(pfx .. "ca", st.ca, not new) or new)
+  local fresh_b = st.b and (write_latest(pfx .. "b", st.b) or new)
+  local fresh_rt = st.rt and (write_latest(pfx .. "rt", st.rt) or new)
+  if trim then
+    if iak then trim_zset(iak, cfg.item_aff_cap) end
+    if st.ca then trim_zset(pfx .. "ca", cfg.cat_aff_cap) end
+    if st.b then trim_zset(pfx .. "b", cfg.purchased_cap) end
+    if st.rt then trim_zset(pfx .. "rt", cfg.returned_cap) end
+  end
+  if st.cart then call("EXPIRE", pfx .. "cart", CART_TTL) end
+  if st.refresh then
+    for _, part in ipairs(LASTING) do call("EXPIRE", pfx .. part, PERSON_TTL) end
+  else
+    if new then
+      call("EXPIRE", st.pk, PERSON_TTL)
+      call("EXPIRE", rk, PERSON_TTL)
+    end
+    if fresh_ia then call("EXPIRE", iak, PERSON_TTL) end
+    if fresh_ca then call("EXPIRE", pfx .. "ca", PERSON_TTL) end
+    if fresh_b then call("EXPIRE", pfx .. "b", PERSON_TTL) end
+    if fresh_rt then call("EXPIRE", pfx .. "rt", PERSON_TTL) end
+  end
+end
+
+-- Work that can wait to the end of the batch: popularity increments summed per scope and member, trending per hour,
+-- scope and member, item counts per item.
+local zinc, trend, hinc = {}, {}, {}
 local CREG = P .. ":countries"
-local country_ok, country_keys = {}, {}
+local country_ok, country_scope = {}, {}
 local function num(x) return string.format("%.17g", x) end  -- Lua's tostring keeps only 14 digits
+-- The scope "co:<country>" when the country has (or is admitted to) popularity keys, else false.
 local function admit_country(country)
   local ok = country_ok[country]
   if ok ~= nil then return ok end
   local stale_before = now - cfg.country_pop_ttl
-  local last = tonumber(redis.call("ZSCORE", CREG, country))
-  ok = true
+  local last = tonumber(call("ZSCORE", CREG, country))
+  local admit = true
   if not last or last < stale_before then
-    local gone = redis.call("ZRANGEBYSCORE", CREG, "-inf", "(" .. num(stale_before))
-    for _, c in ipairs(gone) do redis.call("DEL", P .. ":pop:{co:" .. c .. "}:pop") end
-    if #gone > 0 then redis.call("ZREMRANGEBYSCORE", CREG, "-inf", "(" .. num(stale_before)) end
-    ok = redis.call("ZCARD", CREG) < cfg.country_scopes_cap
+    local gone = call("ZRANGEBYSCORE", CREG, "-inf", "(" .. num(stale_before))
+    for _, c in ipairs(gone) do call("DEL", P .. ":pop:{co:" .. c .. "}:pop") end
+    if #gone > 0 then call("ZREMRANGEBYSCORE", CREG, "-inf", "(" .. num(stale_before)) end
+    admit = call("ZCARD", CREG) < cfg.country_scopes_cap
   end
-  if ok then
-    redis.call("ZADD", CREG, num(now), country)
-    country_keys[P .. ":pop:{co:" .. country .. "}:pop"] = true
+  ok = false
+  if admit then
+    call("ZADD", CREG, num(now), country)
+    ok = "co:" .. country
+    country_scope[ok] = true
   end
   country_ok[country] = ok
   return ok
@@ -194,159 +343,163 @@ local cats_cache = {}
 local function item_cats(item)
   local c = cats_cache[item]
   if c == nil then
-    c = redis.call("HGET", P .. ":i:{" .. item .. "}", "cats") or ""
+    c = call("HGET", P .. ":i:{" .. item .. "}", "cats") or ""
     cats_cache[item] = c
   end
   return c
 end
+local channel_scope = {}
 
+local TF, CF, LF = {}, {}, {}  -- person-hash field names by type and channel
 local results = {}
 for i = 1, #events do
   local e = events[i]
-  local eid, aliases, customer, etype, channel, ts = e[1], e[2], e[3], e[4], e[5], e[6]
-  local item, qty, value, country, session, offset = e[7], e[8], e[9], e[10], e[11], e[12]
-  if not redis.call("SET", P .. ":ev:{" .. eid .. "}", 1, "NX", "EX", cfg.dedupe_ttl) then
+  if call("SET", e[1], "1", "NX", "EX", cfg.dedupe_ttl_text, "GET") then  -- the marker was there: a replay
     results[i] = 0
   else
     results[i] = 1
-    local person, anonymous = resolve(aliases, customer, ts)
-    local pfx = P .. ":c:{" .. person .. "}:"  -- the person's keys are pfx .. part
-    local pk = pfx .. "p"
+    local etype, channel, ts, tss, item = e[5], e[6], e[7], e[8], e[9]
+    local person, anonymous = resolve(e[3], e[4], ts)
+    local live = ts >= now - SESSION_TTL  -- sessions are live events only (history imports have none)
+    local tf, cf, lf = TF[etype], CF[channel], LF[channel]
+    if not tf then tf = "cnt:type:" .. etype; TF[etype] = tf end
+    if not cf then cf = "cnt:channel:" .. channel; CF[channel] = cf end
+    if not lf then lf = "ls:" .. channel; LF[channel] = lf end
+    local money = etype == "purchase" or etype == "return"
+    local st = state(person, tf, cf, lf, live, money)
+    local v, put, k = st.v, st.put, st.k
 
-    -- the person hash: one read, one write
-    local tf, cf, lsf = "cnt:type:" .. etype, "cnt:channel:" .. channel, "ls:" .. channel
-    local cur = redis.call("HMGET", pk, "n", tf, cf, "first", "last", lsf, "orders", "monetary")
-    local n = (tonumber(cur[1]) or 0) + 1
-    local first, last, ls = tonumber(cur[4]), tonumber(cur[5]), tonumber(cur[6])
-    local set = {"n", n, tf, (tonumber(cur[2]) or 0) + 1, cf, (tonumber(cur[3]) or 0) + 1}
-    if anonymous then table.insert(set, "anon"); table.insert(set, "1") end
-    if not first or ts < first then table.insert(set, "first"); table.insert(set, ts) end
+    -- the person hash
+    local first, last, ls = v.first, v.last, v[lf]
+    local n = (v.n or 0) + 1
+    local ct, cc = (v[tf] or 0) + 1, (v[cf] or 0) + 1
+    v.n, v[tf], v[cf] = n, ct, cc
+    put[k + 1] = "n"; put[k + 2] = INT[n] or n
+    put[k + 3] = tf; put[k + 4] = INT[ct] or ct
+    put[k + 5] = cf; put[k + 6] = INT[cc] or cc
+    k = k + 6
+    if anonymous then put[k + 1] = "anon"; put[k + 2] = "1"; k = k + 2 end
+    if not first or ts < first then v.first = ts; put[k + 1] = "first"; put[k + 2] = tss; k = k + 2 end
     if not last or ts >= last then
-      table.insert(set, "last"); table.insert(set, ts)
-      if country ~= "" then table.insert(set, "country"); table.insert(set, country) end
+      v.last = ts; put[k + 1] = "last"; put[k + 2] = tss; k = k + 2
+      if e[12] ~= "" then put[k + 1] = "country"; put[k + 2] = e[12]; k = k + 2 end
     end
-    if not ls or ts > ls then table.insert(set, lsf); table.insert(set, ts) end
-    if etype == "purchase" then
-      table.insert(set, "orders"); table.insert(set, (tonumber(cur[7]) or 0) + 1)
-      table.insert(set, "monetary"); table.insert(set, (tonumber(cur[8]) or 0) + value)
-    elseif etype == "return" and value ~= 0 then
-      table.insert(set, "monetary"); table.insert(set, (tonumber(cur[8]) or 0) - math.abs(value))
+    if not ls or ts > ls then v[lf] = ts; put[k + 1] = lf; put[k + 2] = tss; k = k + 2 end
+    if money then
+      local value, monetary = e[11], v.monetary or 0
+      if etype == "purchase" then
+        local orders = (v.orders or 0) + 1
+        v.orders = orders; put[k + 1] = "orders"; put[k + 2] = INT[orders] or orders; k = k + 2
+        monetary = monetary + value
+      else
+        monetary = monetary - math.abs(value)
+      end
+      if etype == "purchase" or value ~= 0 then
+        v.monetary = monetary; put[k + 1] = "monetary"; put[k + 2] = monetary; k = k + 2
+      end
     end
-    redis.call("HSET", pk, unpack(set))
-
-    local trim_due = n % 16 == 0
-    if n == 1 then  -- a new person: the other parts get their TTL when they are created
-      expire[pk] = true
-      expire[pfx .. "r"] = true
-    elseif trim_due or (last and math.floor(ts / DAY) > math.floor(last / DAY)) then
-      for _, part in ipairs(LASTING) do expire[pfx .. part] = true end
+    if n % 16 == 0 then
+      st.trim = true; st.refresh = true
+    elseif n > 1 and last and math.floor(ts / DAY) > math.floor(last / DAY) then
+      st.refresh = true
     end
-
-    local rk = pfx .. "r"
-    redis.call("LPUSH", rk, ARGV[2 + 2 * i])
-    if trim_due then redis.call("LTRIM", rk, 0, cfg.recent_cap - 1) end
+    local recent = st.recent
+    recent[#recent + 1] = e[19]
 
     if item ~= "" then
-      local aw = cfg.affinity[etype]
-      if aw then
-        local inc = decayed(aw, ts, cfg.affinity_half_life)
-        local ik = pfx .. "ia"
-        if tonumber(redis.call("ZINCRBY", ik, inc, item)) == inc then expire[ik] = true end
-        if trim_due then trim[ik] = cfg.item_aff_cap end
+      local inc = e[14]
+      if inc ~= "" then
+        acc(st, "ia", item, inc)
         local cats = item_cats(item)
         if cats ~= "" then
-          local ck = pfx .. "ca"
-          for cat in string.gmatch(cats, "[^|]+") do
-            if tonumber(redis.call("ZINCRBY", ck, inc, cat)) == inc then expire[ck] = true end
-          end
-          if trim_due then trim[ck] = cfg.cat_aff_cap end
+          for cat in string.gmatch(cats, "[^|]+") do acc(st, "ca", cat, inc) end
         end
       end
-      if etype == "purchase" then
-        local bk = pfx .. "b"
-        if redis.call("ZADD", bk, "GT", ts, item) == 1 then expire[bk] = true end
-        if trim_due then trim[bk] = cfg.purchased_cap end
-        redis.call("HDEL", pfx .. "cart", item)
-      elseif etype == "return" then
-        local tk = pfx .. "rt"
-        if redis.call("ZADD", tk, "GT", ts, item) == 1 then expire[tk] = true end
-        if trim_due then trim[tk] = cfg.returned_cap end
+      if etype == "purchase" or etype == "return" then
+        local part = etype == "purchase" and "b" or "rt"
+        local latest = st[part]
+        if not latest then latest = {}; st[part] = latest end
+        local t = latest[item]
+        if not t or ts > t[1] then latest[item] = {ts, tss} end
+        -- a new person's cart is empty unless this batch filled it
+        if part == "b" and (not st.new or st.cart) then call("HDEL", st.pfx .. "cart", item) end
       elseif etype == "add_to_cart" or etype == "remove_from_cart" then
-        local q = math.abs(qty)
+        local q = math.abs(e[10])
         if q == 0 then q = 1 end
         if etype == "remove_from_cart" then q = -q end
-        local ck = pfx .. "cart"
-        if redis.call("HINCRBY", ck, item, q) <= 0 then redis.call("HDEL", ck, item) end
-        redis.call("EXPIRE", ck, cfg.cart_ttl)
+        local ck = st.pfx .. "cart"
+        if call("HINCRBY", ck, item, INT[q] or q) <= 0 then call("HDEL", ck, item) end
+        st.cart = true
       end
-      local pw = cfg.popularity[etype]
-      if pw then
-        local inc = decayed(pw, ts, cfg.popular_half_life)
-        local hour = math.floor(ts / 3600)
-        local hour_expires = (hour + 1) * 3600 + cfg.trending_keep
-        local scopes = {"all", "ch:" .. channel}
-        if country ~= "" and admit_country(country) then scopes[3] = "co:" .. country end
-        for _, scope in ipairs(scopes) do
-          zadd_later(P .. ":pop:{" .. scope .. "}:pop", item, inc)
-          if hour_expires > now then
-            local hk = P .. ":pop:{" .. scope .. "}:h:" .. hour
-            zadd_later(hk, item, pw)
-            expire_at[hk] = hour_expires
-          end
+      local pw = e[15]
+      if pw ~= "" then
+        local inc, hour = e[16], e[17]
+        local cs = channel_scope[channel]
+        if not cs then cs = "ch:" .. channel; channel_scope[channel] = cs end
+        local co = e[12] ~= "" and admit_country(e[12])
+        acc(zinc, "all", item, inc)
+        acc(zinc, cs, item, inc)
+        if co then acc(zinc, co, item, inc) end
+        if hour ~= 0 then
+          local th = trend[hour]
+          if not th then th = {}; trend[hour] = th end
+          acc(th, "all", item, pw)
+          acc(th, cs, item, pw)
+          if co then acc(th, co, item, pw) end
         end
-        local nk = P .. ":i:{" .. item .. "}:n"
-        local h = hinc[nk]
-        if not h then h = {}; hinc[nk] = h end
-        h[etype] = (h[etype] or 0) + 1
+        local counts = hinc[item]
+        if counts then counts[etype] = (counts[etype] or 0) + 1 else hinc[item] = {[etype] = 1} end
       end
     end
 
-    -- the current session: live events only (history imports have none), never moved backwards
-    if ts >= now - cfg.session_ttl then
-      local sk = pfx .. "s"
-      local sid, slast = nil, nil
-      if n > 1 then  -- a new person has no session yet
-        local cur_s = redis.call("HMGET", sk, "id", "last")
-        sid, slast = cur_s[1], tonumber(cur_s[2])
+    -- the current session, never moved backwards
+    if live then
+      local sid, slast = v["s:id"], v["s:last"]
+      local session = e[13]
+      if not sid or not slast or slast < now - SESSION_TTL  -- none, or over
+          or (ts >= slast and ((session ~= "" and session ~= sid) or ts - slast > SESSION_TTL)) then
+        sid = session ~= "" and session or e[2]
+        v["s:id"], v["s:last"] = sid, ts
+        put[k + 1] = "s:id"; put[k + 2] = sid; put[k + 3] = "s:started"; put[k + 4] = tss
+        put[k + 5] = "s:last"; put[k + 6] = tss; k = k + 6
+      elseif ts >= slast then
+        v["s:last"] = ts; put[k + 1] = "s:last"; put[k + 2] = tss; k = k + 2
       end
-      local write = true
-      if not sid or not slast then
-        redis.call("HSET", sk, "id", session ~= "" and session or eid, "started", ts, "last", ts)
-      elseif ts < slast then
-        write = false
-      elseif (session ~= "" and session ~= sid) or ts - slast > cfg.session_ttl then
-        redis.call("HSET", sk, "id", session ~= "" and session or eid, "started", ts, "last", ts)
-      else
-        redis.call("HSET", sk, "last", ts)
-      end
-      if write then redis.call("EXPIRE", sk, cfg.session_ttl) end
     end
+    st.k = k
 
-    local rec = ARGV[3 + 2 * i]
-    redis.call("XADD", LOG, "*", "k", "e", "d",
-      string.sub(rec, 1, offset) .. cmsgpack.pack(person) .. string.sub(rec, offset + 2))
+    local rec, offset = e[20], e[18]
+    if offset >= 0 then
+      rec = string.sub(rec, 1, offset) .. cmsgpack.pack(person) .. string.sub(rec, offset + 2)
+    end
+    call("XADD", LOG, "*", "k", "e", "d", rec)
   end
 end
 
-for key, members in pairs(zinc) do
-  for member, inc in pairs(members) do redis.call("ZINCRBY", key, inc, member) end
-  local at = expire_at[key]
-  if at then
-    redis.call("EXPIREAT", key, at)
-  else
-    if redis.call("ZCARD", key) > cfg.popular_cap * 1.1 then
-      trim_zset(key, cfg.popular_cap)  -- in bulk: trimming every batch would cost a ZREMRANGEBYRANK per batch
-    end
-    if country_keys[key] then redis.call("EXPIRE", key, cfg.country_pop_ttl) end
+for _, person in ipairs(touched) do flush(person) end
+
+for scope, members in pairs(zinc) do
+  local key = P .. ":pop:{" .. scope .. "}:pop"
+  write_zincr(key, members, false)
+  if call("ZCARD", key) > cfg.popular_cap * 1.1 then
+    trim_zset(key, cfg.popular_cap)  -- in bulk: trimming every batch would cost a ZREMRANGEBYRANK per batch
+  end
+  if country_scope[scope] then call("EXPIRE", key, cfg.country_pop_ttl_text) end
+end
+for hour, scopes in pairs(trend) do
+  local at = (hour + 1) * 3600 + cfg.trending_keep
+  for scope, members in pairs(scopes) do
+    local key = P .. ":pop:{" .. scope .. "}:h:" .. hour
+    write_zincr(key, members, false)
+    call("EXPIREAT", key, at)
   end
 end
-for key, cap in pairs(trim) do trim_zset(key, cap) end
-for key, fields in pairs(hinc) do
+for item, counts in pairs(hinc) do
+  local key = P .. ":i:{" .. item .. "}:n"
   local fresh = false
-  for f, c in pairs(fields) do
-    if redis.call("HINCRBY", key, f, c) == c then fresh = true end
+  for f, c in pairs(counts) do
+    if call("HINCRBY", key, f, INT[c] or c) == c then fresh = true end
   end
-  if fresh then redis.call("EXPIRE", key, cfg.item_stats_ttl) end
+  if fresh then call("EXPIRE", key, cfg.item_stats_ttl_text) end
 end
-for key in pairs(expire) do redis.call("EXPIRE", key, cfg.person_ttl) end
 return results

@@ -2,9 +2,12 @@
 -- Read-only. Key names follow features/keys.py; resolution as in profile.lua.
 --
 -- ARGV[1] prefix, ARGV[2] the id asked for, ARGV[3] since (epoch seconds: purchases at or after it come with their
--- time), ARGV[4] recent events scanned for the session's items, ARGV[5] category affinities
--- Returns {person, p (flat HGETALL), b (every purchased item, most recent first), b_since (flat, with times),
--- rt (returned items), cart (item ids), s (flat HGETALL), r (LRANGE), ca (flat, with scores)}; {""} for nobody.
+-- time), ARGV[4] recent events scanned for the session's items, ARGV[5] category affinities, ARGV[6] now and
+-- ARGV[7] the session timeout (seconds): the recent events come only while the session is open
+-- Returns {person, p (flat: country, orders, n and t:* traits of the person hash), b (every purchased item, most
+-- recent first, joined by "\n": one string instead of hundreds), b_since (flat, with times), rt (returned items,
+-- joined by "\n"), cart (item ids), s (flat: id, started, last), r (LRANGE, or empty), ca (flat, with scores)};
+-- {""} for nobody. Item ids never hold whitespace (features.schema.ID_PATTERN), so "\n" cannot occur in one.
 
 local P, id = ARGV[1], ARGV[2]
 local function pkey(person, part) return P .. ":c:{" .. person .. "}:" .. part end
@@ -33,14 +36,32 @@ end
 if not person then return {""} end
 local h = redis.call("HGETALL", pkey(person, "p"))
 if #h == 0 then return {""} end
+-- of the person hash only the fields a decision reads; the session: fields s:id, s:started, s:last of the person
+-- hash, returned as a hash of id, started, last
+local p, session, last = {}, {}, nil
+for i = 1, #h, 2 do
+  local f = h[i]
+  if f == "country" or f == "orders" or f == "n" or string.sub(f, 1, 2) == "t:" then
+    p[#p + 1] = f
+    p[#p + 1] = h[i + 1]
+  elseif f == "s:id" or f == "s:started" or f == "s:last" then
+    session[#session + 1] = string.sub(f, 3)
+    session[#session + 1] = h[i + 1]
+    if f == "s:last" then last = tonumber(h[i + 1]) end
+  end
+end
+local recent = {}
+if last and tonumber(ARGV[6]) - last <= tonumber(ARGV[7]) then
+  recent = redis.call("LRANGE", pkey(person, "r"), 0, tonumber(ARGV[4]) - 1)
+end
 return {
   person,
-  h,
-  redis.call("ZREVRANGE", pkey(person, "b"), 0, -1),
+  p,
+  table.concat(redis.call("ZREVRANGE", pkey(person, "b"), 0, -1), "\n"),
   redis.call("ZREVRANGEBYSCORE", pkey(person, "b"), "+inf", ARGV[3], "WITHSCORES"),
-  redis.call("ZRANGE", pkey(person, "rt"), 0, -1),
+  table.concat(redis.call("ZRANGE", pkey(person, "rt"), 0, -1), "\n"),
   redis.call("HKEYS", pkey(person, "cart")),
-  redis.call("HGETALL", pkey(person, "s")),
-  redis.call("LRANGE", pkey(person, "r"), 0, tonumber(ARGV[4]) - 1),
+  session,
+  recent,
   redis.call("ZREVRANGE", pkey(person, "ca"), 0, tonumber(ARGV[5]) - 1, "WITHSCORES"),
 }

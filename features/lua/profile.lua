@@ -3,8 +3,9 @@
 --
 -- ARGV[1] prefix, ARGV[2] the id asked for, ARGV[3] recent events to return, ARGV[4] item affinities,
 -- ARGV[5] category affinities, ARGV[6] purchased/returned items (most recent first)
--- Returns {person, p (flat HGETALL), r (LRANGE), ia, ca, b, rt (flat ZREVRANGE WITHSCORES), cart, s (flat HGETALL),
--- ids (SMEMBERS)}; person is "" when nothing is known. Scores stay strings (Lua would truncate them to integers).
+-- Returns {person, p (flat HGETALL), r (LRANGE), ia, ca, b, rt (flat ZREVRANGE WITHSCORES), cart,
+-- s (flat: id, started, last, from the person hash's s:* fields), ids (SMEMBERS)}; person is "" when nothing is known.
+-- Scores stay strings (Lua would truncate them to integers).
 --
 -- Resolution, as RedisFeatureStore.resolve: an id qualified by an alias kind ("anonymous:abc", "device:d1",
 -- "email:h"; customer ids cannot start so) is the person that alias points to, else the anonymous person of that name.
@@ -38,6 +39,15 @@ end
 if not person then return {""} end
 local h = redis.call("HGETALL", pkey(person, "p"))
 if #h == 0 then return {""} end
+-- the session: fields s:id, s:started, s:last of the person hash, returned as a hash of id, started, last
+local session = {}
+for i = 1, #h, 2 do
+  local f = h[i]
+  if f == "s:id" or f == "s:started" or f == "s:last" then
+    session[#session + 1] = string.sub(f, 3)
+    session[#session + 1] = h[i + 1]
+  end
+end
 local n = tonumber(ARGV[6]) - 1
 return {
   person,
@@ -48,6 +58,6 @@ return {
   redis.call("ZREVRANGE", pkey(person, "b"), 0, n, "WITHSCORES"),
   redis.call("ZREVRANGE", pkey(person, "rt"), 0, n, "WITHSCORES"),
   redis.call("HGETALL", pkey(person, "cart")),
-  redis.call("HGETALL", pkey(person, "s")),
+  session,
   redis.call("SMEMBERS", pkey(person, "ids")),
 }

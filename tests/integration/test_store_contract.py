@@ -6,6 +6,7 @@ import asyncio
 import math
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -198,7 +199,7 @@ async def test_redis_keys_are_exactly_the_layout_and_carry_their_ttls(redis_url:
     k = Keys(redis_prefix)
     hour = int((NOW - 5) // K.HOUR)
     ttl_of = {k.person("c1", part): K.PERSON_TTL for part in ("p", "r", "ia", "ca", "b", "rt", "ids")}
-    ttl_of |= {k.person("c1", "cart"): K.CART_TTL, k.person("c1", "s"): K.SESSION_TTL}
+    ttl_of |= {k.person("c1", "cart"): K.CART_TTL}  # the session is fields of the person hash
     ttl_of |= {k.alias("anonymous", "ck"): K.PERSON_TTL}
     ttl_of |= {k.dedupe(f"e{i}"): K.DEDUPE_TTL for i in range(1, 5)}
     ttl_of |= {k.item_stats("A"): K.ITEM_STATS_TTL, k.item_stats("B"): K.ITEM_STATS_TTL}
@@ -215,6 +216,9 @@ async def test_redis_keys_are_exactly_the_layout_and_carry_their_ttls(redis_url:
             assert ttl - 5 <= r.ttl(key) <= ttl + 1, key
         for key in no_ttl:
             assert r.ttl(key) == -1, key
+        session = r.hmget(k.person("c1", "p"), "s:id", "s:started", "s:last")
+        assert session[0] == b"e1" and float(session[1]) == pytest.approx(NOW - 5)  # merged with the visitor's
+        assert float(session[2]) == pytest.approx(NOW - 2)
     finally:
         r.close()
 
@@ -688,3 +692,108 @@ def test_a_customer_id_cannot_be_an_alias_person_id() -> None:
     for reserved in ("anonymous:v1", "device:d1", "email:h1"):
         with pytest.raises(ValueError, match="customer_id: must not start with"):
             ev(customer_id=reserved)
+
+
+# ---- a batch is applied as if one event at a time ----
+
+
+async def test_one_batch_equals_one_event_at_a_time(redis_url: str) -> None:
+    """The script reads a person once per batch and writes each of their keys once; merges, replays and sessions in
+    the middle of a batch must come out as they do event by event (and as in the embedded store)."""
+    catalog = [Item(item_id=f"I{i}", categories=[f"dept{i % 3}", f"aisle{i % 5}"]) for i in range(12)]
+    events = random_events(seed=11, n=240)
+    stores = [RedisFeatureStore.from_url(redis_url, prefix=f"test:{uuid.uuid4().hex[:12]}", timeout_s=5.0)
+              for _ in range(2)]
+    mem = MemoryFeatureStore()
+    try:
+        for s in (*stores, mem):
+            await s.upsert_items(catalog)
+        whole = await stores[0].ingest([msgspec.structs.replace(e) for e in events], now=NOW)
+        single = [await stores[1].ingest([msgspec.structs.replace(e)], now=NOW) for e in events]
+        await mem.ingest([msgspec.structs.replace(e) for e in events], now=NOW)
+        assert whole.accepted == sum(r.accepted for r in single) and whole.duplicates > 0
+        ids = [f"cust-{i}" for i in range(6)] + [f"ck-{i}" for i in range(7)] + [f"dev-{i}" for i in range(4)]
+        for any_id in ids:
+            want = msgspec.to_builtins(await mem.profile(any_id, now=NOW))
+            for s in stores:
+                assert_same(msgspec.to_builtins(await s.profile(any_id, now=NOW)), want, any_id)
+                assert_same(msgspec.to_builtins(await s.live(any_id, NOW - K.DAY, now=NOW)),
+                            msgspec.to_builtins(await mem.live(any_id, NOW - K.DAY, now=NOW)), f"live {any_id}")
+        for scope in ("all", "ch:app", "co:FR"):
+            for window in ("pop", "trend"):
+                want = await mem.popular(scope, window, now=NOW)  # type: ignore[arg-type]
+                for s in stores:
+                    got = await s.popular(scope, window, now=NOW)  # type: ignore[arg-type]
+                    assert_same(got, want, f"{scope}/{window}")
+        logs = [[msgspec.to_builtins(r) for _, r in await s.log_read("g", "w", 2000)] for s in (*stores, mem)]
+        assert_same(logs[0], logs[2], "log")
+        assert_same(logs[1], logs[2], "log")
+    finally:
+        r = syncredis.Redis.from_url(redis_url)
+        for s in stores:
+            keys = list(r.scan_iter(match=f"{s.keys.prefix}:*", count=1000))
+            if keys:
+                r.delete(*keys)
+            await s.close()
+        r.close()
+
+
+async def test_a_login_merges_history_written_earlier_in_the_same_batch(store: FeatureStore) -> None:
+    await store.upsert_items([Item(item_id="A", categories=["mugs"])])
+    s1 = EventContext(session_id="s1")
+    await store.ingest([ev("add_to_cart", "A", NOW - 30, customer_id=None, anonymous_id="ck", quantity=2, context=s1),
+                        ev("view", "B", NOW - 20, customer_id=None, anonymous_id="ck", context=s1),
+                        ev("view", "C", NOW - 10, customer_id="c5", anonymous_id="ck", context=s1),
+                        ev("purchase", "A", NOW - 5, customer_id=None, anonymous_id="ck", value=3.0)], now=NOW)
+    p = await store.profile("ck", now=NOW)
+    assert p is not None and p.customer_id == "c5" and p.linked_ids == ["anonymous:ck"]
+    assert [r.item_id for r in p.recent] == ["A", "C", "B", "A"]
+    assert p.counts == {"type:add_to_cart": 1, "type:view": 2, "type:purchase": 1, "channel:web": 4}
+    assert p.cart == {} and set(p.purchased) == {"A"} and p.orders == 1
+    assert [c for c, _ in p.category_affinity] == ["mugs"]
+    assert p.session is not None and p.session.session_id == "s1" and p.session.items == ["A", "C", "B"]
+    assert await store.profile("anonymous:ck", now=NOW) == p
+
+
+async def test_many_events_of_one_person_in_one_batch(store: FeatureStore) -> None:
+    """1,000 events (the largest batch) of one customer: one script call, caps and counts as event by event."""
+    n = 1000
+    events = [ev("purchase" if i % 4 else "view", f"I{i}", NOW - 5000 + i, value=1.0) for i in range(n)]
+    assert (await store.ingest(events, now=NOW)).accepted == n
+    p = await store.profile("c1", now=NOW)
+    assert p is not None and p.counts == {"type:view": n // 4, "type:purchase": 3 * n // 4, "channel:web": n}
+    assert p.orders == 3 * n // 4 and p.monetary == pytest.approx(3 * n / 4)
+    assert len(p.purchased) == K.PURCHASED_CAP and min(p.purchased, key=p.purchased.__getitem__) == "I334"
+    assert p.recent[0].item_id == f"I{n - 1}" and len(p.item_affinity) == 50
+    ia, recent = await raw_sizes(store, "c1")
+    assert ia == K.ITEM_AFF_CAP and recent == K.RECENT_CAP  # trimmed when the batch ends
+
+
+async def test_a_session_is_over_once_its_last_event_is_session_ttl_old(store: FeatureStore) -> None:
+    await store.ingest([ev("view", "A", NOW - 60, context=EventContext(session_id="s9"))], now=NOW)
+    p = await store.profile("c1", now=NOW)
+    assert p is not None and p.session is not None and p.session.session_id == "s9"
+    later = NOW - 60 + K.SESSION_TTL + 1
+    p = await store.profile("c1", now=later)
+    assert p is not None and p.session is None
+    live = await store.live("c1", NOW, now=later)
+    assert live is not None and live.session_items == []
+    await store.ingest([ev("view", "B", later - 1, context=EventContext(session_id="s9"))], now=later)
+    p = await store.profile("c1", now=later)
+    assert p is not None and p.session is not None  # a new one, though the client kept its id
+    assert p.session.started == pytest.approx(later - 1) and p.session.items == ["B"]
+
+
+async def test_log_records_of_any_size_keep_their_bytes(store: FeatureStore) -> None:
+    """The script gets each log record as a msgpack str (8-, 16- or 32-bit length) and splices the person into an
+    anonymous event's record; the drained record must be the one the event makes."""
+    sizes = {"small": 10, "str16": 3000, "str32": 70_000}
+    events = [ev("view", "A", event_id=name, properties={"note": "x" * size}) for name, size in sizes.items()]
+    events += [ev("view", "A", event_id=f"anon-{name}", customer_id=None, anonymous_id="ck",
+                  properties={"note": "y" * size}) for name, size in sizes.items()]
+    await store.ingest(events, now=NOW)
+    got = {r.event_id: r for _, r in await store.log_read("g", "w", 100) if isinstance(r, LogRecord)}
+    for name, size in sizes.items():
+        assert got[name].person_id == "c1" and got[name].properties == '{"note":"' + "x" * size + '"}'
+        anon = got[f"anon-{name}"]
+        assert anon.person_id == "anonymous:ck" and anon.properties == '{"note":"' + "y" * size + '"}'

@@ -262,3 +262,19 @@ def test_schema_documents_bodies_errors_and_enums() -> None:
     assert params["slot"]["enum"] == ["hero", "promo_bar"]
     recs = {q["name"]: q["schema"] for q in paths["/v1/customers/{customer_id}/recommendations"]["get"]["parameters"]}
     assert recs["country"]["maxLength"] == 64 and recs["country"]["pattern"]
+
+
+def test_the_scope_check_reads_the_route_handler_without_copying_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Litestar copies the route handler for every guard call; the scope check is a before-request hook instead, so
+    a request copies nothing (and is still refused or let through by scope)."""
+    import litestar.handlers.base
+
+    copies: list[object] = []
+    real_copy = litestar.handlers.base.copy
+    monkeypatch.setattr(litestar.handlers.base, "copy", lambda x: copies.append(x) or real_copy(x))
+    app = create_app(Settings(load_models=False, api_keys=KEYS, log_json=False), store=MemoryFeatureStore())
+    with TestClient(app) as c:
+        assert c.post("/v1/events", json=EVENT, headers=bearer("writer")).status_code == 202
+        assert c.post("/v1/events", json=EVENT, headers=bearer("reader")).status_code == 403
+        assert c.post("/v1/events", json=EVENT).status_code == 401
+    assert copies == []

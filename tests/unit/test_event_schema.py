@@ -99,3 +99,25 @@ def test_a_customer_id_that_looks_like_an_alias_person_is_refused(
 def test_customer_ids_with_other_colons_stay_valid() -> None:
     [ev] = decode_events(b'{"type": "search", "channel": "web", "customer_id": "shop:eu:42"}')
     assert ev.customer_id == "shop:eu:42"
+
+
+def test_the_log_record_carries_every_field_of_the_event_under_its_name() -> None:
+    """to_log_record passes LogRecord's fields by position (the ingest path's cost): each must land in its column."""
+    from features.schema import EventContext, LogRecord, normalize, to_log_record
+
+    ev = normalize(Event(type="purchase", channel="app", event_id="e1", customer_id="c1", anonymous_id="a1",
+                         device_id="d1", email_hash="h1", item_id="i1", offer_id="o1", content_id="k1",
+                         decision_id="x1", quantity=3, value=9.5, properties={"p": 1},
+                         context=EventContext(session_id="s1", device="ios", country="FR", campaign="cp",
+                                              touchpoint="tp")), now=1.7e9)
+    rec = to_log_record(ev, "person-1", 1.7e9 + 5)
+    assert msgspec.structs.asdict(rec) == {
+        "event_id": "e1", "person_id": "person-1", "type": "purchase", "channel": "app", "ts": 1.7e9,
+        "customer_id": "c1", "anonymous_id": "a1", "device_id": "d1", "email_hash": "h1", "item_id": "i1",
+        "offer_id": "o1", "content_id": "k1", "decision_id": "x1", "quantity": 3, "value": 9.5, "session_id": "s1",
+        "device": "ios", "country": "FR", "campaign": "cp", "touchpoint": "tp", "properties": '{"p":1}',
+        "ingested_at": 1.7e9 + 5,
+    }
+    assert list(msgspec.structs.asdict(rec)) == list(LogRecord.__struct_fields__)
+    bare = to_log_record(normalize(Event(type="search", channel="web", anonymous_id="a2"), now=1.7e9), "", 1.7e9)
+    assert (bare.session_id, bare.country, bare.properties, bare.ts) == (None, None, None, 1.7e9)
