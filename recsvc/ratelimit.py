@@ -4,9 +4,13 @@ Algorithm: a sliding one-minute window approximated by two fixed windows (the cu
     estimate = previous * (1 - elapsed / 60) + current
 A request is allowed when estimate + 1 <= limit, and only allowed requests are counted (a client hammering at twice
 its limit still gets its limit through). Keys: `P:rl:{key_id}:{minute}` (a string counter per key and minute since
-the epoch, TTL 121 s, so at most two live keys per active API key). One round trip per request: a tiny Lua script
-(two GETs, INCR, EXPIRE on the first count) run with EVALSHA. The embedded in-process store gets an in-process
-limiter with the same arithmetic.
+the epoch, TTL 121 s, so at most two live keys per active API key). A check is a tiny Lua script (two GETs, INCRBY,
+EXPIRE on the first count) run with EVALSHA. A key with a large budget (limit >= 2 * BLOCK_DIVISOR per minute)
+reserves a block of limit / BLOCK_DIVISOR requests (at most BLOCK_MAX) in one call while the block fits under the
+limit, and this process spends it without asking again in the same window: one round trip per block instead of per
+request. What a process reserved and did not spend before its window ended stays counted: at most a block per
+process, a thousandth of the limit. Near the limit, blocks do not fit and every request is checked alone. The
+embedded in-process store gets an in-process limiter with the same arithmetic.
 
 The limiter fails open: when Redis errors or overruns its timeout the request proceeds, the fail-open counter
 (`recsvc_ratelimit_fail_open_total`) moves, and checks pause for FAIL_OPEN_BACKOFF_S so an outage adds no timeout
@@ -44,18 +48,25 @@ RATE_LIMITED = Counter("recsvc_ratelimited_total", "Requests refused with 429 by
 _FAIL_ERROR = RATE_LIMIT_FAIL_OPEN.labels("error")
 _FAIL_BACKOFF = RATE_LIMIT_FAIL_OPEN.labels("backoff")
 
-# KEYS: current window, previous window. ARGV: limit, weight of the previous window, TTL. Returns {allowed, cur, prev}
-# with cur the count after this request when allowed, before it when refused.
+BLOCK_DIVISOR = 1000  # a block is this fraction of the limit ...
+BLOCK_MAX = 100  # ... and at most this many requests
+
+# KEYS: current window, previous window. ARGV: limit, weight of the previous window, TTL, block (requests to reserve
+# when they fit, else one). Returns {granted, cur, prev}: granted 0 when refused; cur the count after this
+# reservation when granted, before it when refused.
 LUA = """
 local limit = tonumber(ARGV[1])
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local prev = tonumber(redis.call('GET', KEYS[2]) or '0')
-if prev * tonumber(ARGV[2]) + cur + 1 > limit then
+local base = prev * tonumber(ARGV[2]) + cur
+local take = tonumber(ARGV[4] or '1')
+if base + take > limit then take = 1 end
+if base + take > limit then
   return {0, cur, prev}
 end
-cur = redis.call('INCR', KEYS[1])
-if cur == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3])) end
-return {1, cur, prev}
+cur = redis.call('INCRBY', KEYS[1], take)
+if cur == take then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3])) end
+return {take, cur, prev}
 """
 
 _KEY_ID = re.compile(r"^[0-9a-f]{12}$")
@@ -106,11 +117,12 @@ class RedisCounter:
     def key(self, key_id: str, window: int) -> str:
         return f"{self.prefix}:rl:{{{key_id}}}:{window}"
 
-    async def hit(self, key_id: str, limit: int, window: int, weight: float) -> tuple[bool, int, int]:
+    async def hit(self, key_id: str, limit: int, window: int, weight: float, block: int = 1) -> tuple[int, int, int]:
+        """(requests granted: 0, 1 or `block`; count; previous window's count)."""
         keys = (self.key(key_id, window), self.key(key_id, window - 1))
-        ok, cur, prev = await self.store.call(self.store.run_script(LUA, keys, (limit, repr(weight), KEY_TTL_S),
+        ok, cur, prev = await self.store.call(self.store.run_script(LUA, keys, (limit, repr(weight), KEY_TTL_S, block),
                                                                     name="ratelimit"))
-        return bool(ok), int(cur), int(prev)
+        return int(ok), int(cur), int(prev)
 
 
 class MemoryCounter:
@@ -119,16 +131,17 @@ class MemoryCounter:
     def __init__(self) -> None:
         self._counts: dict[str, list[int]] = {}  # key_id -> [window, current, previous]
 
-    async def hit(self, key_id: str, limit: int, window: int, weight: float) -> tuple[bool, int, int]:
+    async def hit(self, key_id: str, limit: int, window: int, weight: float, block: int = 1) -> tuple[int, int, int]:
+        """As RedisCounter.hit, one request at a time (in process, a check costs nothing worth saving)."""
         c = self._counts.get(key_id)
         if c is None:
             c = self._counts[key_id] = [window, 0, 0]
         elif c[0] != window:
             c[:] = [window, 0, c[1] if c[0] == window - 1 else 0]
         if not allowed(limit, c[1], c[2], weight):
-            return False, c[1], c[2]
+            return 0, c[1], c[2]
         c[1] += 1
-        return True, c[1], c[2]
+        return 1, c[1], c[2]
 
 
 WindowCounter = RedisCounter | MemoryCounter
@@ -149,6 +162,7 @@ class StoreRateLimiter:
         self._counter: WindowCounter | None = None
         self._counter_of: FeatureStore | None = None
         self._skip_until = 0.0
+        self._reserved: dict[str, list[int]] = {}  # key_id -> [window, requests reserved and not yet spent]
 
     def limit_for(self, key_id: str) -> int:
         return self.overrides.get(key_id, self.per_minute)
@@ -174,9 +188,14 @@ class StoreRateLimiter:
             _FAIL_ERROR.inc()
             return
         window = int(now // WINDOW_S)
+        held = self._reserved.get(key_id)
+        if held is not None and held[0] == window and held[1] > 0:  # spent from this process's block
+            held[1] -= 1
+            return
         elapsed = now - window * WINDOW_S
+        block = min(BLOCK_MAX, limit // BLOCK_DIVISOR) if limit >= 2 * BLOCK_DIVISOR else 1
         try:
-            ok, cur, prev = await self._counter_for(store).hit(key_id, limit, window, 1.0 - elapsed / WINDOW_S)
+            ok, cur, prev = await self._counter_for(store).hit(key_id, limit, window, 1.0 - elapsed / WINDOW_S, block)
         except StoreUnavailable as exc:
             _FAIL_ERROR.inc()
             self._skip_until = now + FAIL_OPEN_BACKOFF_S
@@ -186,6 +205,12 @@ class StoreRateLimiter:
             RATE_LIMITED.labels(scope).inc()
             raise RateLimited(f"this API key is over its limit of {limit} requests per minute",
                               retry_after_s=retry_after(limit, cur, prev, elapsed))
+        if ok > 1:  # this request and ok - 1 more (added to what concurrent checks reserved in the same window)
+            held = self._reserved.get(key_id)
+            if held is not None and held[0] == window:
+                held[1] += ok - 1
+            else:
+                self._reserved[key_id] = [window, ok - 1]
 
 
 def default_limiter(settings_per_minute: int, overrides_spec: str, store: Callable[[], FeatureStore | None],

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,7 +43,16 @@ from recsvc.recommend import (
     scaled,
     token,
 )
-from recsvc.recommend_arrays import CatalogArrays, DenseSignals, blend_dense, dense, precomputed_dense, similarity
+from recsvc.recommend_arrays import (
+    CandidateCache,
+    CatalogArrays,
+    Sparse,
+    SparseSignals,
+    blend_sparse,
+    precomputed_sparse,
+    similarity,
+    sparse,
+)
 from recsvc.rules import Rules
 
 log = logging.getLogger("recsvc.serving")
@@ -54,6 +63,10 @@ POPULAR_EMPTY = 256  # scopes that had nothing (a country nobody buys in), kept 
 CATALOG_TTL_S = 30.0
 CANDIDATES = 50  # from each popularity list (they are the weakest signals: only their head can reach the top)
 LIVE_CACHE = 20_000  # customers whose live model scores are kept
+PRECOMPUTED_CACHE = 50_000  # customers whose bundle candidates are kept as model items
+CANDIDATE_CACHE = 2_048  # customers whose blend candidates are kept (some 10 KB each)
+_NO_SCORES = Sparse(np.zeros(0, dtype=np.int64), np.zeros(0))
+_NO_EXTRA: dict[str, float] = {}  # shared: never written to
 _json = msgspec.json.Encoder()
 
 
@@ -115,15 +128,33 @@ class PopularSnapshots:
 
     async def get(self, scope: str, window: str) -> dict[str, float]:
         """The snapshot; {} when the scope has nothing or the store does not answer (see `read`)."""
+        hit = self.current(scope, window)
+        if hit is not None:
+            return hit
         try:
             return await self.read(scope, window)
         except StoreUnavailable:
             return {}
 
+    def current(self, scope: str, window: str) -> dict[str, float] | None:
+        """The snapshot this process holds (starting a background refresh when it is old), None when it holds none:
+        `read` without a coroutine, for the request path."""
+        key = (scope, window)
+        hit = self._data.get(key)
+        if hit is None:
+            return None
+        self._data.move_to_end(key)
+        if time.monotonic() - hit[0] > self.ttl_s and key not in self._refreshing:
+            self._refreshing.add(key)
+            task = asyncio.create_task(self._refresh(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return hit[1]
+
     async def read(self, scope: str, window: str) -> dict[str, float]:
         """The snapshot, read from the store when this process has none (StoreUnavailable when that read fails)."""
         key = (scope, window)
-        hit = self._data.get(key)
+        hit = self.current(scope, window)
         if hit is None:
             found = self._empty.get(key)
             if found is not None and time.monotonic() - found <= self.ttl_s:
@@ -136,13 +167,7 @@ class PopularSnapshots:
             await asyncio.shield(pending)
             got = self._data.get(key)
             return got[1] if got is not None else {}
-        self._data.move_to_end(key)
-        if time.monotonic() - hit[0] > self.ttl_s and key not in self._refreshing:
-            self._refreshing.add(key)
-            task = asyncio.create_task(self._refresh(key))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return hit[1]
+        return hit
 
     def cached(self, scope: str, window: str) -> dict[str, float]:
         """What the snapshot holds, however old, without asking the store (degraded mode)."""
@@ -154,6 +179,9 @@ class PopularSnapshots:
         now = time.monotonic()
         if rows:
             self._empty.pop(key, None)
+            held = self._data.get(key)
+            if held is not None and held[1] == rows:
+                rows = held[1]  # unchanged: the same object, so what was derived from it stays cached
             self._data[key] = (now, rows)
             self._data.move_to_end(key)
             while len(self._data) > self.max_scopes:
@@ -176,24 +204,35 @@ class PopularSnapshots:
 
 class CatalogSnapshot:
     """Availability, categories and titles of every catalog item. Every `ttl_s` a background check reads the
-    store's catalog version and reloads the snapshot only when it moved (a reload reads the whole catalog, in
-    chunks, yielding to the event loop between them)."""
+    store's catalog version and reloads the snapshot only when it moved. A reload reads the whole catalog in small
+    chunks (each a short read, well inside the store's timeout; a chunk that fails is retried), yielding to the event
+    loop between them, then lets `prepare` derive what requests need from it (still in the background) before the
+    new snapshot is published; `note` applies an upsert made through this process at once, through `patch`."""
 
-    CHUNK = 2000
+    CHUNK = 100  # items per read: redis-py decodes a chunk in one go, on the event loop
+    RETRIES = 2
 
-    def __init__(self, store: Callable[[], FeatureStore], ttl_s: float = CATALOG_TTL_S) -> None:
+    def __init__(self, store: Callable[[], FeatureStore], ttl_s: float = CATALOG_TTL_S,
+                 prepare: Callable[[dict[str, CatalogEntry]], Awaitable[None]] | None = None,
+                 patch: Callable[[dict[str, CatalogEntry], dict[str, CatalogEntry], dict[str, CatalogEntry]], None]
+                 | None = None) -> None:
         self._store = store
         self.ttl_s = ttl_s
         self.items: dict[str, CatalogEntry] = {}
         self.version: int | None = None
         self.checked_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._prepare = prepare
+        self._patch = patch
 
     def note(self, items: list[Item]) -> None:
         """Apply an upsert made through this process at once (other workers catch up within ttl_s)."""
-        updated = dict(self.items)
-        for it in items:
-            updated[it.item_id] = CatalogEntry(it.available, tuple(it.categories), it.title)
+        changed = {it.item_id: CatalogEntry(it.available, tuple(it.categories), it.title) for it in items}
+        old = self.items
+        updated = dict(old)
+        updated.update(changed)
+        if self._patch is not None:
+            self._patch(old, updated, changed)
         self.items = updated
 
     async def load(self) -> None:
@@ -203,8 +242,18 @@ class CatalogSnapshot:
         out: dict[str, CatalogEntry] = {}
         for start in range(0, len(ids), self.CHUNK):
             chunk = ids[start : start + self.CHUNK]
-            for item_id, it in (await store.get_items(chunk)).items():
+            for attempt in range(self.RETRIES + 1):
+                try:
+                    got = await store.get_items(chunk)
+                    break
+                except StoreUnavailable:
+                    if attempt == self.RETRIES:
+                        raise
+                    await asyncio.sleep(0.05 * (attempt + 1))
+            for item_id, it in got.items():
                 out[item_id] = CatalogEntry(it.available, tuple(it.categories), it.title)
+        if self._prepare is not None:
+            await self._prepare(out)
         self.items = out
         self.version = version
 
@@ -235,7 +284,7 @@ class LiveScores:
 
     def __init__(self, cap: int = LIVE_CACHE) -> None:
         self.cap = cap
-        self._cache: OrderedDict[tuple[str, str], tuple[int, dict[str, float]]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[int, dict[str, float], Sparse]] = OrderedDict()
         self._pending: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-scores")
@@ -247,6 +296,15 @@ class LiveScores:
             self._cache.move_to_end(key)
             return hit[1]
         return None
+
+    def get_sparse(self, model: LoadedModel[ServingRecommender], person: str, orders: int) -> Sparse | None:
+        """As `get`, as model items and values."""
+        key = (model.version, person)
+        hit = self._cache.get(key)
+        if hit is None or hit[0] != orders:
+            return None
+        self._cache.move_to_end(key)
+        return hit[2]
 
     def schedule(self, model: LoadedModel[ServingRecommender], person: str, orders: int,
                  store: Callable[[], FeatureStore], now: float) -> None:
@@ -266,7 +324,7 @@ class LiveScores:
                 return
             history = live_history(profile)
             scores = await asyncio.get_running_loop().run_in_executor(self._pool, model.model.score_live, history, now)
-            self._cache[key] = (orders, scores)
+            self._cache[key] = (orders, scores, sparse(model.model, scores)[0] or _NO_SCORES)
             self._cache.move_to_end(key)
             while len(self._cache) > self.cap:
                 self._cache.popitem(last=False)
@@ -339,10 +397,16 @@ class RecommendationService:
         self.clock = clock
         self.decisions = decisions
         self.popular = PopularSnapshots(store, popular_ttl_s)
-        self.catalog = CatalogSnapshot(store, catalog_ttl_s)
+        self.catalog = CatalogSnapshot(store, catalog_ttl_s, prepare=self._prepare_arrays, patch=self._patch_arrays)
         self.live_scores = LiveScores()
-        self._arrays: tuple[dict[str, CatalogEntry], str, CatalogArrays] | None = None
-        self._dense_cache: dict[tuple[int, str], tuple[dict[str, float], np.ndarray, dict[str, float]]] = {}
+        # the catalog through the model's index, per (catalog snapshot, model version): the newest few
+        self._arrays: OrderedDict[tuple[int, str], tuple[dict[str, CatalogEntry], CatalogArrays]] = OrderedDict()
+        self._sparse_cache: dict[tuple[int, str], tuple[dict[str, float], Sparse | None, dict[str, float]]] = {}
+        # per customer: the bundle's candidates as model items (the same object every time, so that what the blend
+        # derives from them can be kept too), and those derived candidates (recommend_arrays.CandidateCache)
+        self._precomputed: OrderedDict[tuple[str, str], tuple[Sparse, float]] = OrderedDict()
+        self.candidates = CandidateCache(CANDIDATE_CACHE)
+        self._kept_for: str | None = None  # the model version those two hold
 
     def close(self) -> None:
         self.live_scores.close()
@@ -359,6 +423,10 @@ class RecommendationService:
         self.catalog.maybe_refresh()
         model = self.recommender()
         rec = model.model if model is not None else None
+        if model is not None and model.version != self._kept_for:  # a new champion: nothing kept of the old one
+            self._kept_for = model.version
+            self._precomputed.clear()
+            self.candidates.clear()
         degraded = False
         rules = self.rules.for_channel(req.channel)
         try:
@@ -371,13 +439,15 @@ class RecommendationService:
         country = live.country or req.country
         snapshot = self.popular.cached if degraded else None  # degraded: what is in hand, never the store
         scope = f"co:{country}" if country else f"ch:{req.channel}"
-        trend = snapshot(scope, "trend") if snapshot else await self.popular.get(scope, "trend")
+        trend = snapshot(scope, "trend") if snapshot else (self.popular.current(scope, "trend")
+                                                             or await self.popular.get(scope, "trend"))
         label = f"trending_in:{token(country)}" if country else f"trending_on:{req.channel}"
         if not trend and country:  # nothing trending in the country right now: the channel's trend
             scope = f"ch:{req.channel}"
             trend = snapshot(scope, "trend") if snapshot else await self.popular.get(scope, "trend")
             label = f"trending_on:{req.channel}"
-        popular = snapshot("all", "pop") if snapshot else await self.popular.get("all", "pop")
+        popular = snapshot("all", "pop") if snapshot else (self.popular.current("all", "pop")
+                                                           or await self.popular.get("all", "pop"))
         seg = self.rules.segment(live.segment)
         catalog = self.catalog.items
         if rec is None:  # no champion: trending and popular only, through the reference blend
@@ -385,21 +455,23 @@ class RecommendationService:
             entries = blend(sig, live, catalog, rules, seg, req, now)
             FALLBACKS.labels("recommendations", "no_model").inc()
             return Outcome(entries, "popular", degraded, model, live.person)
-        dsig = DenseSignals(trending_label=label)
-        dsig.model = self._model_vector(model, rec, live, now)  # type: ignore[arg-type]
-        dsig.session = similarity(rec, live.session_items[:5])
+        signals = SparseSignals(trending_label=label)
+        signals.model = self._model_signal(model, rec, live, now)  # type: ignore[arg-type]
+        if live.session_items:
+            signals.session = similarity(rec, live.session_items[:5])
         if req.context_item:
-            dsig.context = similarity(rec, [req.context_item])
+            signals.context = similarity(rec, [req.context_item])
         if live.cart:
-            dsig.cart = similarity(rec, live.cart[:5])
-        dsig.trending, dsig.trending_extra = self._dense(model, trend)  # type: ignore[arg-type]
+            signals.cart = similarity(rec, live.cart[:5])
+        signals.trending, signals.trending_extra = self._sparse(model, trend)  # type: ignore[arg-type]
         if not popular:  # the store has nothing (or is down): the model's own popularity
             popular = _model_popularity(rec)
-        dsig.popular, dsig.popular_extra = self._dense(model, popular)  # type: ignore[arg-type]
-        entries = blend_dense(rec, self._catalog_arrays(model, catalog), dsig, live, catalog, rules, seg, req, now)  # type: ignore[arg-type]
-        if dsig.has_model:
+        signals.popular, signals.popular_extra = self._sparse(model, popular)  # type: ignore[arg-type]
+        arrays = self._catalog_arrays(model, catalog)  # type: ignore[arg-type]
+        entries = blend_sparse(rec, arrays, signals, live, catalog, rules, seg, req, now, self.candidates)
+        if signals.has_model:
             source = "personalized"
-        elif dsig.has_similarity:
+        elif signals.has_similarity:
             source = "session"
         else:
             source = "popular"
@@ -408,44 +480,86 @@ class RecommendationService:
 
     def _catalog_arrays(self, model: LoadedModel[ServingRecommender], catalog: dict[str, CatalogEntry]
                         ) -> CatalogArrays:
-        """The catalog snapshot through the model's index, rebuilt when either changes."""
-        held = self._arrays
-        if held is None or held[0] is not catalog or held[1] != model.version:
-            held = self._arrays = (catalog, model.version, CatalogArrays.build(model.model, catalog))
-        return held[2]
+        """The catalog snapshot through the model's index. A reloaded snapshot comes with them (built in the
+        background before it was published) and an upsert patches them; only a new model, or a snapshot from before
+        it, builds them here (a few milliseconds, once)."""
+        held = self._arrays.get((id(catalog), model.version))
+        if held is not None and held[0] is catalog:
+            return held[1]
+        arrays = CatalogArrays.build(model.model, catalog)
+        self._keep_arrays(catalog, model.version, arrays)
+        return arrays
 
-    def _dense(self, model: LoadedModel[ServingRecommender], scores: dict[str, float]
-               ) -> tuple[np.ndarray, dict[str, float]]:
-        """A popularity snapshot as a vector over the model's items, cached per snapshot and model version."""
+    def _keep_arrays(self, catalog: dict[str, CatalogEntry], version: str, arrays: CatalogArrays) -> None:
+        self._arrays[(id(catalog), version)] = (catalog, arrays)
+        while len(self._arrays) > 4:
+            self._arrays.popitem(last=False)
+
+    async def _prepare_arrays(self, catalog: dict[str, CatalogEntry]) -> None:
+        """A reloaded catalog's arrays for the current model, before requests see the catalog (CatalogSnapshot)."""
+        model = self.recommender()
+        if model is not None:
+            self._keep_arrays(catalog, model.version, await CatalogArrays.build_async(model.model, catalog))
+
+    def _patch_arrays(self, old: dict[str, CatalogEntry], new: dict[str, CatalogEntry],
+                      changed: dict[str, CatalogEntry]) -> None:
+        """An upsert through this process: the arrays of the snapshot it replaces, patched (CatalogSnapshot.note)."""
+        model = self.recommender()
+        held = self._arrays.get((id(old), model.version)) if model is not None else None
+        if model is not None and held is not None and held[0] is old:
+            self._keep_arrays(new, model.version, held[1].patched(model.model, changed))
+
+    def _sparse(self, model: LoadedModel[ServingRecommender], scores: dict[str, float]
+                ) -> tuple[Sparse | None, dict[str, float]]:
+        """A popularity snapshot as model items and values, cached per snapshot and model version (an empty one is
+        always the same objects: the empty answers of PopularSnapshots are new dicts)."""
+        if not scores:
+            return None, _NO_EXTRA
         key = (id(scores), model.version)
-        hit = self._dense_cache.get(key)
+        hit = self._sparse_cache.get(key)
         if hit is None or hit[0] is not scores:
-            if len(self._dense_cache) > 256:
-                self._dense_cache.clear()
-            vec, extra = dense(model.model, scores)
-            hit = self._dense_cache[key] = (scores, vec, extra)
+            if len(self._sparse_cache) > 256:
+                self._sparse_cache.clear()
+            vec, extra = sparse(model.model, scores)
+            hit = self._sparse_cache[key] = (scores, vec, extra)
         return hit[1], hit[2]
 
-    def _model_vector(self, model: LoadedModel[ServingRecommender], rec: ServingRecommender, live: LiveView,
-                      now: float) -> np.ndarray | None:
+    def _model_signal(self, model: LoadedModel[ServingRecommender], rec: ServingRecommender, live: LiveView,
+                      now: float) -> Sparse | None:
         """The bundle's candidates while they are current; live re-rank scores once the customer has bought since
         the bundle was made (or is unknown to it but has a history), computed in the background."""
-        pre = precomputed_dense(rec, live.person)
+        pre = self._precomputed_signal(model, rec, live.person)
         if not live.known or (pre is not None and live.orders <= pre[1]):
             return pre[0] if pre is not None else None
         if pre is None and not live.orders and not live.category_affinity:
             return None
-        cached = self.live_scores.get(model, live.person, live.orders)
+        cached = self.live_scores.get_sparse(model, live.person, live.orders)
         if cached is not None:
-            return dense(rec, cached)[0]
+            return cached
         self.live_scores.schedule(model, live.person, live.orders, self._store, now)
         FALLBACKS.labels("recommendations", "live_scoring_pending").inc()
         return pre[0] if pre is not None else None
 
+    def _precomputed_signal(self, model: LoadedModel[ServingRecommender], rec: ServingRecommender, person: str
+                            ) -> tuple[Sparse, float] | None:
+        """precomputed_sparse, kept per customer the bundle knows (a few hundred bytes each: views of its arrays)."""
+        key = (model.version, person)
+        hit = self._precomputed.get(key)
+        if hit is not None:
+            self._precomputed.move_to_end(key)
+            return hit
+        pre = precomputed_sparse(rec, person)
+        if pre is not None:
+            self._precomputed[key] = pre
+            while len(self._precomputed) > PRECOMPUTED_CACHE:
+                self._precomputed.popitem(last=False)
+        return pre
+
     def _answer(self, customer_id: str, req: Request, out: Outcome) -> RecommendationsAnswer:
         decision_id = new_decision_id()
         items = self.catalog.items
-        recs = [Recommendation(e.item_id, e.score, e.reasons, _title(items, e.item_id)) for e in out.entries]
+        recs = [Recommendation(e.item_id, e.score, e.reasons, (c := items.get(e.item_id)) and c.title or None)
+                for e in out.entries]
         model = out.model
         self.decisions.log(DecisionRecord(
             decision_id=decision_id, ts=self.clock(), surface="recommendations", channel=req.channel,
@@ -555,12 +669,23 @@ class RecommendationService:
         return out
 
 
+_MODEL_POPULARITY: dict[int, tuple[ServingRecommender, dict[str, float]]] = {}
+
+
 def _model_popularity(rec: ServingRecommender | None) -> dict[str, float]:
-    """The champion's own popularity (recent buyers when it was trained), scaled so the best is 1."""
+    """The champion's own popularity (recent buyers when it was trained), scaled so the best is 1. The same object
+    for the same model (what is derived from it is cached by identity); never written to."""
     if rec is None:
         return {}
+    held = _MODEL_POPULARITY.get(id(rec))
+    if held is not None and held[0] is rec:
+        return held[1]
     top = rec.popularity.argsort()[::-1][:CANDIDATES]
-    return scaled((rec.item_ids[i], float(rec.popularity[i])) for i in top.tolist())
+    out = scaled((rec.item_ids[i], float(rec.popularity[i])) for i in top.tolist())
+    if len(_MODEL_POPULARITY) >= 4:  # a few model versions at most are in use at once
+        _MODEL_POPULARITY.clear()
+    _MODEL_POPULARITY[id(rec)] = (rec, out)
+    return out
 
 
 def _title(items: Mapping[str, CatalogEntry], item_id: str) -> str | None:
