@@ -7,6 +7,12 @@ Setup (once per prefix, kept between runs; --cleanup deletes it): the Online Ret
 built from the data (item, category, win-back, VIP, cross-sell and country offers on web, app and email).
 Each run starts from empty contact ledgers, so every export customer is decided and reserved for real.
 Usage: python benchmarks/offers.py [--redis redis://127.0.0.1:6379/14] [--runs 5] [--client auto|wrk|python]
+
+`--cpu`: no HTTP and no server, the cost per customer instead of a rate (the machine is shared, wall clock says
+little): the export and the live decision run in this process (`OfferService`), and each run reports this process's
+CPU time (time.process_time) per customer and the Redis server time per customer from INFO commandstats (the
+difference of two snapshots; other clients of the same server show up in it, so the EVALSHA calls are counted too).
+`--profile FILE` writes a cProfile of the last export run.
 """
 
 from __future__ import annotations
@@ -244,6 +250,143 @@ def live_once(port: int, ids: list[str], client: str, seconds: int) -> dict[str,
             "non2xx": sum(n for s, n in res.statuses.items() if s != 200)}
 
 
+def commandstats(r: redis.Redis) -> dict[str, tuple[int, int]]:
+    """command -> (calls, usec) from INFO commandstats."""
+    return {k[len("cmdstat_"):]: (int(v["calls"]), int(v["usec"])) for k, v in r.info("commandstats").items()}
+
+
+def redis_cpu(r: redis.Redis) -> float:
+    """The Redis server's CPU seconds (user + system) so far: unlike commandstats' usec (wall time inside a
+    command), not inflated when a busy machine deschedules Redis; but every client of the server counts."""
+    cpu = r.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def stats_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for cmd, (calls, usec) in after.items():
+        c0, u0 = before.get(cmd, (0, 0))
+        if calls > c0:
+            out[cmd] = (calls - c0, usec - u0)
+    return out
+
+
+async def cpu_export(url: str, prefix: str, draws: int, profile: str | None = None) -> dict[str, Any]:
+    """One export of every consented customer in this process: CPU and Redis time per customer."""
+    import cProfile
+
+    from features.clock import parse_instant, replay_clock
+    from recsvc.models import ModelRegistry
+    from recsvc.offer_policy import OfferPolicy
+    from recsvc.offer_service import ExportRequest, OfferService
+
+    store = RedisFeatureStore.from_url(url, prefix=prefix, timeout_s=30, clock=replay_clock(parse_instant(AS_OF)))
+    svc = OfferService(store, ModelRegistry(None, {}), OfferPolicy(exploration=0.1, draws=draws))
+    req = ExportRequest(channel="email", all_consented=True, k=3)
+    r = redis.Redis.from_url(url)
+    try:
+        await svc.catalog()  # as a server would have, before its first export
+        prof = cProfile.Profile() if profile else None
+        before, rcpu = commandstats(r), redis_cpu(r)
+        t, c = time.perf_counter(), time.process_time()
+        if prof is not None:
+            prof.enable()
+        chunks = [chunk async for chunk in svc.export(req, svc.start_export(req))]
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(profile)
+        cpu, wall = time.process_time() - c, time.perf_counter() - t
+        delta, rcpu = stats_delta(before, commandstats(r)), redis_cpu(r) - rcpu
+    finally:
+        r.close()
+        await store.close()
+    n, offers = 0, Counter()
+    for line in b"".join(chunks).splitlines():
+        doc = json.loads(line)
+        if "offers" in doc:
+            n += 1
+            offers[len(doc["offers"])] += 1
+        elif "error" in doc:
+            raise SystemExit(f"export failed: {doc}")
+    return {"customers": n, "cpu_s": cpu, "wall_s": wall, "redis": delta, "redis_cpu_s": rcpu,
+            "offers": dict(sorted(offers.items()))}
+
+
+async def cpu_live(url: str, prefix: str, ids: list[str], draws: int, requests: int = 2000) -> dict[str, Any]:
+    """Live decisions (k = 3, channels web/app/web/email, caps lifted as in the live run), 32 at a time."""
+    from features.clock import parse_instant, replay_clock
+    from recsvc.models import ModelRegistry
+    from recsvc.offer_policy import Cap, OfferPolicy
+    from recsvc.offer_service import OfferService
+
+    store = RedisFeatureStore.from_url(url, prefix=prefix, timeout_s=30, clock=replay_clock(parse_instant(AS_OF)))
+    svc = OfferService(store, ModelRegistry(None, {}), OfferPolicy(exploration=0.1, draws=draws,
+                                                                  caps=(Cap("total", 1_000_000, 86400.0),)))
+    chans = ["web", "app", "web", "email"]
+    r = redis.Redis.from_url(url)
+    try:
+        await svc.decide(ids[0], "web", 3)  # warm: catalog, evidence
+        sem = asyncio.Semaphore(32)
+
+        async def one(n: int) -> int:
+            async with sem:
+                ans = await svc.decide(ids[(n * 7919) % len(ids)], chans[n % 4], 3)
+                return len(ans.offers)
+
+        before, rcpu = commandstats(r), redis_cpu(r)
+        t, c = time.perf_counter(), time.process_time()
+        made = sum(await asyncio.gather(*[one(n) for n in range(requests)]))
+        cpu, wall = time.process_time() - c, time.perf_counter() - t
+        delta, rcpu = stats_delta(before, commandstats(r)), redis_cpu(r) - rcpu
+    finally:
+        r.close()
+        await store.close()
+    return {"requests": requests, "offers": made, "cpu_s": cpu, "wall_s": wall, "redis": delta, "redis_cpu_s": rcpu}
+
+
+def redis_report(res: dict[str, Any], per: int) -> str:
+    """Redis server CPU per customer or request, and commandstats: scripts (EVALSHA, whose usec includes the
+    commands they call) and the commands called directly or from scripts (their usec is counted twice)."""
+    delta = res["redis"]
+    top = sorted(delta.items(), key=lambda kv: -kv[1][1])[:6]
+    return (f"redis cpu {res['redis_cpu_s'] * 1e6 / per:.1f} us ("
+            + ", ".join(f"{cmd} {calls} calls {usec / per:.1f} us" for cmd, (calls, usec) in top) + ")")
+
+
+def cpu_main(args: argparse.Namespace) -> None:
+    ids = asyncio.run(setup(args.redis, args.prefix))
+    print(f"# {platform.node()} ({os.cpu_count()} cores), {date.today()}, {len(ids)} customers, 50 offers, "
+          f"draws {args.draws}, exploration 0.1, in-process (--cpu)", file=sys.stderr)
+    per_customer, redis_per_customer = [], []
+    for i in range(args.runs):
+        clear_ledgers(args.redis, args.prefix)
+        last = i == args.runs - 1
+        res = asyncio.run(cpu_export(args.redis, args.prefix, args.draws, args.profile if last else None))
+        n = res["customers"]
+        per_customer.append(res["cpu_s"] / n * 1e6)
+        redis_per_customer.append(res["redis_cpu_s"] / n * 1e6)
+        print(f"export run {i + 1}: {n} customers, cpu {res['cpu_s'] / n * 1e6:.0f} us/customer "
+              f"(wall {res['wall_s']:.2f} s), {redis_report(res, n)}; offers per line {res['offers']}",
+              file=sys.stderr)
+    print(f"export: median {statistics.median(per_customer):.0f} us CPU per customer over {len(per_customer)} runs "
+          f"(min {min(per_customer):.0f}, max {max(per_customer):.0f}); Redis median "
+          f"{statistics.median(redis_per_customer):.0f} us CPU per customer (min {min(redis_per_customer):.0f})")
+    if args.skip != "live":
+        per_request, redis_per_request = [], []
+        for i in range(args.runs):
+            clear_ledgers(args.redis, args.prefix)
+            res = asyncio.run(cpu_live(args.redis, args.prefix, ids, args.draws))
+            n = res["requests"]
+            per_request.append(res["cpu_s"] / n * 1e6)
+            redis_per_request.append(res["redis_cpu_s"] / n * 1e6)
+            print(f"live run {i + 1}: {n} requests, cpu {res['cpu_s'] / n * 1e6:.0f} us/request "
+                  f"(wall {res['wall_s']:.2f} s), {redis_report(res, n)}", file=sys.stderr)
+        print(f"live: median {statistics.median(per_request):.0f} us CPU per request (decision only: no HTTP, no "
+              f"rate limit) over {len(per_request)} runs (min {min(per_request):.0f}); Redis median "
+              f"{statistics.median(redis_per_request):.0f} us CPU per request (min {min(redis_per_request):.0f})")
+    clear_ledgers(args.redis, args.prefix)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--redis", default="redis://127.0.0.1:6379/14")
@@ -254,6 +397,8 @@ def main() -> None:
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--skip", choices=["live", "export"], default=None)
     p.add_argument("--cleanup", action="store_true", help="delete every key under the prefix and exit")
+    p.add_argument("--cpu", action="store_true", help="in-process, no HTTP: CPU and Redis time per customer")
+    p.add_argument("--profile", default=None, help="with --cpu: write a cProfile of the last export run here")
     args = p.parse_args()
     if args.cleanup:
         r = redis.Redis.from_url(args.redis)
@@ -261,6 +406,9 @@ def main() -> None:
         n = sum(r.delete(*keys[i: i + 10_000]) for i in range(0, len(keys), 10_000))
         r.close()
         print(f"deleted {n} keys under {args.prefix}")
+        return
+    if args.cpu:
+        cpu_main(args)
         return
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
     ids = asyncio.run(setup(args.redis, args.prefix))

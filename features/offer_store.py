@@ -35,7 +35,7 @@ from typing import Any, Protocol, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from features import keys as K
 from features.memory_store import MemoryFeatureStore
@@ -87,18 +87,34 @@ class Contact(msgspec.Struct, array_like=True, frozen=True):
         return SEP.join((self.decision_id, self.offer_id, self.channel, self.segment))
 
 
-class LedgerState(msgspec.Struct):
+class LedgerState(msgspec.Struct, gc=False):
     version: int = 0
-    contacts: list[Contact] = []  # oldest first
+    contacts: Sequence[Contact] = ()  # oldest first
     accepted: dict[str, float] = {}  # offer -> when accepted (suppressed on every channel from then on)
     dismissed: dict[str, float] = {}  # offer -> last dismiss (cool-down start)
 
 
-class CustomerRecord(msgspec.Struct):
-    """What one read returns per customer: the profile (None: unknown), owned rule items, the ledger."""
+class OfferProfile(msgspec.Struct, gc=False):
+    """The parts of a profile offer decisions read, under features.schema.Profile's names (a decision takes either):
+    what the Redis offer read returns, built without the rest of a Profile (an export builds one per customer)."""
+
+    customer_id: str
+    last_seen: float | None = None
+    country: str | None = None
+    counts: dict[str, int] = {}
+    item_affinity: list[tuple[str, float]] = []  # decayed to read time, best first: the catalog's only
+    category_affinity: list[tuple[str, float]] = []
+    monetary: float = 0.0
+    orders: int = 0
+    traits: dict[str, str] = {}
+
+
+class CustomerRecord(msgspec.Struct, gc=False):
+    """What one read returns per customer: the profile (None: unknown), owned rule items, the ledger. (Records, like
+    ledgers and reservations, are not tracked by the garbage collector: an export holds thousands, in no cycle.)"""
 
     person_id: str
-    profile: Profile | None
+    profile: Profile | OfferProfile | None
     owned: dict[str, float]  # item -> last purchase ts, for the items eligibility rules mention
     ledger: LedgerState
 
@@ -139,7 +155,7 @@ class OfferCheck(msgspec.Struct, array_like=True):
     cooldown_s: float
 
 
-class Reservation(msgspec.Struct):
+class Reservation(msgspec.Struct, gc=False):
     """A decision to reserve: valid only if the customer's ledger is still at `expected_version`."""
 
     person_id: str
@@ -220,50 +236,56 @@ class OfferStore(Protocol):
 
 
 def lean_profile(person: str, h: Sequence[str], items: list[tuple[str, float]],
-                 categories: list[tuple[str, float]]) -> Profile | None:
+                 categories: list[tuple[str, float]]) -> OfferProfile | None:
     """The parts of a profile offer decisions use: the person hash as a flat [field, value, ...] list, and the
     affinities (already decayed) of the catalog's items and categories. None: nobody by that id."""
     if not h:
         return None
     counts: dict[str, int] = {}
     traits: dict[str, str] = {}
-    last_by_channel: dict[str, float] = {}
-    scalars: dict[str, str] = {}
-    for j in range(0, len(h), 2):
-        f = h[j]
-        if f[:2] == "t:":
-            traits[f[2:]] = h[j + 1]
-        elif f[:4] == "cnt:":
-            counts[f[4:]] = int(float(h[j + 1]))
-        elif f[:3] == "ls:":
-            last_by_channel[f[3:]] = float(h[j + 1])
-        else:
-            scalars[f] = h[j + 1]
-    return Profile(
-        customer_id=person,
-        first_seen=float(scalars["first"]) if "first" in scalars else None,
-        last_seen=float(scalars["last"]) if "last" in scalars else None,
-        country=scalars.get("country"),
-        counts=counts,
-        last_seen_by_channel=last_by_channel,
-        item_affinity=sorted(items, key=lambda kv: -kv[1]),
-        category_affinity=sorted(categories, key=lambda kv: -kv[1]),
-        monetary=float(scalars.get("monetary") or 0.0),
-        orders=int(float(scalars.get("orders") or 0)),
-        traits=traits,
+    last = country = monetary = orders = None
+    pairs = iter(h)
+    for f, v in zip(pairs, pairs):
+        c = f[:1]
+        if c == "t" and f[:2] == "t:":
+            traits[f[2:]] = v
+        elif c == "c":
+            if f[:4] == "cnt:":
+                counts[f[4:]] = int(v) if v.isdigit() else int(float(v))
+            elif f == "country":
+                country = v
+        elif f == "last":
+            last = v
+        elif f == "monetary":
+            monetary = v
+        elif f == "orders":
+            orders = v
+    return OfferProfile(
+        person,
+        float(last) if last is not None else None,
+        country,
+        counts,
+        sorted(items, key=lambda kv: -kv[1]) if len(items) > 1 else items,
+        sorted(categories, key=lambda kv: -kv[1]) if len(categories) > 1 else categories,
+        float(monetary or 0.0),
+        int(float(orders or 0)),
+        traits,
     )
 
 
 def parse_ledger(zrange: Sequence[Any], state: Mapping[bytes, bytes]) -> LedgerState:
     """A ledger from ZRANGE ... WITHSCORES (pairs, or a flat list as Lua returns it) and the state hash."""
-    contacts = []
-    if zrange and not isinstance(zrange[0], (tuple, list)):
-        zrange = [(zrange[j], float(zrange[j + 1])) for j in range(0, len(zrange), 2)]
-    for member, score in zrange:
-        parts = (member.decode() if isinstance(member, bytes) else member).split(SEP)
-        if len(parts) == 4:
-            contacts.append(Contact(float(score), parts[0], parts[1], parts[2], parts[3]))
-    contacts.sort(key=lambda c: c.ts)
+    contacts: Sequence[Contact] = ()
+    if zrange:
+        if not isinstance(zrange[0], (tuple, list)):
+            zrange = [(zrange[j], float(zrange[j + 1])) for j in range(0, len(zrange), 2)]
+        found = []
+        for member, score in zrange:
+            parts = (member.decode() if isinstance(member, bytes) else member).split(SEP)
+            if len(parts) == 4:
+                found.append(Contact(float(score), parts[0], parts[1], parts[2], parts[3]))
+        found.sort(key=lambda c: c.ts)
+        contacts = found
     if isinstance(state, list):  # HGETALL through Lua: a flat list
         state = {state[j]: state[j + 1] for j in range(0, len(state), 2)}
     version, accepted, dismissed = 0, {}, {}
@@ -345,18 +367,11 @@ class OfferKeys:
 
 
 class _Script:
+    """A script run in a redis-py pipeline (the outcome updates), with its SHA once loaded."""
+
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha: str | None = None
-
-    async def __call__(self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self.sha is None:
-            self.sha = await client.script_load(self.source)
-        try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:  # restarted or flushed
-            self.sha = await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 _RESERVE = _lua("offers_reserve.lua")
@@ -374,9 +389,7 @@ class RedisOfferStore:
         self.client: aioredis.Redis = store.client
         self.keys = OfferKeys(store.keys.prefix)
         self.timeout_s = store.timeout_s
-        self._reserve = _Script(_RESERVE)
         self._outcome = _Script(_OUTCOME)
-        self._read = _Script(_READ)
 
     async def _call(self, aw: Awaitable[T], timeout: float | None = None) -> T:
         try:
@@ -428,22 +441,31 @@ class RedisOfferStore:
 
     # ---- customers ----
 
+    async def _script(self, source: str, name: str, args: Sequence[Any], timeout: float | None) -> Any:
+        """A script on the store's hot-path client (RedisFeatureStore.run_script: auto-pipelined, loaded on first
+        use and again after the server forgot it), under a timeout."""
+        return await self._call(self.store.run_script(source, (), args, name=name), timeout)
+
     async def read_customers(self, person_ids: Sequence[str], need: ReadSpec, keep_s: float,
                              now: float, resolve: bool = False) -> CustomerBatch:
         """One read-only script call for the whole batch (features/lua/offers_read.lua): no per-command packing
-        or reply parsing in the client. `resolve`: the ids are any linked ids, resolved in the same call."""
+        or reply parsing in the client. `resolve`: the ids are any linked ids, resolved in the same call. The
+        script returns only the affinities of the catalog's items and categories (among the customer's strongest),
+        scores as numbers."""
         args = _msgpack.encode([self.keys.prefix, list(person_ids), f"({now - keep_s:.6f}", TOP_ITEMS,
-                                TOP_CATEGORIES, list(need.owned), list(K.ALIAS_KINDS[1:]) if resolve else []])
+                                TOP_CATEGORIES, need.owned, K.ALIAS_KINDS[1:] if resolve else (), need.items,
+                                need.categories])
         timeout = None if self.timeout_s is None else self.timeout_s * (1 + len(person_ids) / 50)
-        res = _read_reply.decode(await self._call(self._read(self.client, [], [args]), timeout))
+        res = _read_reply.decode(await self._script(_READ, "offers_read", [args], timeout))
         fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
-        want_items, want_cats = need.item_set, need.category_set
+        owned_items = need.owned
         records = []
-        for p, h, ia, ca, owned, ledger, state in res[1:]:
-            items = [(ia[j], float(ia[j + 1]) * fa) for j in range(0, len(ia), 2) if ia[j] in want_items]
-            cats = [(ca[j], float(ca[j + 1]) * fa) for j in range(0, len(ca), 2) if ca[j] in want_cats]
-            own = {i: float(v) for i, v in zip(need.owned, owned) if v}
-            records.append(CustomerRecord(p, lean_profile(p, h, items, cats), own, parse_ledger(ledger, state)))
+        for p, h, ia, ca, own, ledger, state in res[1:]:
+            items = [(ia[j], ia[j + 1] * fa) for j in range(0, len(ia), 2)] if ia else []
+            cats = [(ca[j], ca[j + 1] * fa) for j in range(0, len(ca), 2)] if ca else []
+            bought = {owned_items[own[j]]: float(own[j + 1]) for j in range(0, len(own), 2)} if own else {}
+            records.append(CustomerRecord(p, lean_profile(p, h, items, cats), bought,
+                                          parse_ledger(ledger, state) if ledger or state else LedgerState()))
         return CustomerBatch(records, int(res[0] or 0))
 
     async def reserve(self, reservations: Sequence[Reservation], now: float, keep_s: float,
@@ -452,22 +474,39 @@ class RedisOfferStore:
             return []
         if self.store.keys.log != f"{self.keys.prefix}:log":
             raise ValueError("offers_reserve.lua builds the log key from the prefix; the store's differs")
+        # the caps and per-offer checks of a batch repeat: sent once, referred to by index (1-based, for Lua)
+        caps: dict[tuple[Any, ...], int] = {}
+        checks: dict[tuple[Any, ...], int] = {}
+        # the same objects repeat too (a batch's cap list, the catalog's offer checks): indexed once, by identity
+        # (the reservations hold them for the whole call)
+        caps_of: dict[int, list[int]] = {}
+        check_of: dict[int, int] = {}
         items = []
         blobs: list[bytes] = []
         offset = 0
         for r in reservations:
             rec, line = encode_decision_record(r.record), r.line or b""
-            items.append([
-                r.person_id, r.expected_version, r.export_id or "",
-                [[c.member, c.ts, c.channel, c.offer_id] for c in r.contacts],
-                [[c.key, c.max, c.window_s] for c in r.caps],
-                [[c.offer_id, c.limit, c.limit_window_s, c.cooldown_s] for c in r.checks],
-                offset, len(rec), offset + len(rec), len(line),
-            ])
+            contacts: list[Any] = []
+            for c in r.contacts:
+                contacts += (c.member, c.ts, c.channel, c.offer_id)
+            cap_ix = caps_of.get(id(r.caps))
+            if cap_ix is None:
+                cap_ix = caps_of[id(r.caps)] = [caps.setdefault((c.key, c.max, c.window_s), len(caps) + 1)
+                                                for c in r.caps]
+            check_ix = []
+            for c in r.checks:
+                j = check_of.get(id(c))
+                if j is None:
+                    j = check_of[id(c)] = checks.setdefault((c.offer_id, c.limit, c.limit_window_s, c.cooldown_s),
+                                                            len(checks) + 1)
+                check_ix.append(j)
+            items.append([r.person_id, r.expected_version, r.export_id or "", contacts, cap_ix, check_ix,
+                          offset, len(rec), offset + len(rec), len(line)])
             blobs += [rec, line]
             offset += len(rec) + len(line)
-        args = _msgpack.encode([now, keep_s, STATE_TTL, int(export_ttl_s), self.keys.prefix, items])
-        replies = await self._call(self._reserve(self.client, [], [args, b"".join(blobs)]), WRITE_TIMEOUT_S)
+        args = _msgpack.encode([now, keep_s, STATE_TTL, int(export_ttl_s), self.keys.prefix, list(caps),
+                                list(checks), items])
+        replies = await self._script(_RESERVE, "offers_reserve", [args, b"".join(blobs)], WRITE_TIMEOUT_S)
         out = []
         for rep in replies:
             code = int(rep[0])

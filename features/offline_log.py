@@ -12,11 +12,13 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -240,6 +242,60 @@ def _ts(x: datetime | float | None) -> float | None:
 def erased_ids(data_dir: Path) -> set[str]:
     path = Path(data_dir) / "erased.txt"
     return {line for line in path.read_text(encoding="utf-8").split("\n") if line} if path.exists() else set()
+
+
+ALIAS_COLUMNS = (("anonymous", "anonymous_id"), ("device", "device_id"), ("email", "email_hash"))
+
+
+def erased_closure(erased: Iterable[str], links: Iterable[tuple[str, str]]) -> set[str]:
+    """The erased ids and every alias ever linked to one of them (at any time, through any chain), plus the
+    `kind:value` aliases of an erased raw value (`erase` accepts any id, as `resolve` does). `links`: (alias,
+    person_id) pairs, as read_links has them. read_events and read_decisions drop only the erased ids' own rows:
+    whoever reads the log for a person's history (training, off-policy evaluation) drops this closure too."""
+    erased = set(erased)
+    gone = set(erased)
+    pairs = [(str(a), str(p)) for a, p in links]
+    gone |= {a for a, _ in pairs if a.partition(":")[2] in erased}
+    while True:
+        more = {a for a, p in pairs if p in gone and a not in gone}
+        if not more:
+            return gone
+        gone |= more
+
+
+def link_pairs(links: pa.Table) -> list[tuple[str, str]]:
+    """(alias, person_id) of a read_links table."""
+    return list(zip(links["alias"].to_pylist(), links["person_id"].to_pylist()))
+
+
+def erased_mask(table: pa.Table, gone: set[str], erased: set[str]) -> pa.ChunkedArray:
+    """Rows (of read_events or read_decisions) that belong to an erased person, `gone` being erased_closure(...):
+    a customer or person id in it, or, on a row without a customer id, an alias column whose `kind:value` is in it
+    or whose value was erased as such."""
+    cols = table.column_names
+    gone_ids = pa.array(sorted(gone), type=pa.string())
+    erased_ids_ = pa.array(sorted(erased), type=pa.string())
+
+    def isin(values: Any, value_set: pa.Array) -> Any:
+        return pc.fill_null(pc.is_in(values, value_set=value_set), False)
+
+    mask = pa.chunked_array([pa.array(np.zeros(table.num_rows, dtype=bool))])
+    for col in ("customer_id", "person_id"):
+        if col in cols:
+            mask = pc.or_(mask, isin(table[col], gone_ids))
+    anonymous = pc.is_null(table["customer_id"]) if "customer_id" in cols else None
+    for kind, col in ALIAS_COLUMNS:
+        if col in cols:
+            values = table[col].cast(pa.string())
+            qualified = pc.binary_join_element_wise(pa.scalar(kind), values, ":")
+            alias = pc.or_(isin(qualified, gone_ids), isin(values, erased_ids_))
+            mask = pc.or_(mask, pc.and_(anonymous, alias) if anonymous is not None else alias)
+    return mask
+
+
+def without_erased(table: pa.Table, gone: set[str], erased: set[str]) -> pa.Table:
+    """The rows of `table` that erased_mask keeps."""
+    return table.filter(pc.invert(erased_mask(table, gone, erased))) if gone and table.num_rows else table
 
 
 def read_events(

@@ -25,9 +25,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.clock import parse_instant
-from features.offline_log import read_decisions, read_events
+from features.offline_log import (
+    erased_closure,
+    erased_ids,
+    link_pairs,
+    read_decisions,
+    read_events,
+    read_links,
+    without_erased,
+)
 
 POLICIES = ("greedy", "uniform", "logging")
+ID_COLUMNS = ("customer_id", "person_id", "anonymous_id", "device_id", "email_hash")  # whose event it is
 OFFER_SURFACES = ("offers", "export")
 Z95 = 1.959963984540054
 
@@ -116,15 +125,21 @@ def evaluate(decisions: Sequence[LoggedDecision], policy: str, reward: str = "ac
 
 def load_logged(data_dir: Path, *, start: float | None = None, end: float | None = None, channel: str | None = None,
                 reward: str = "accept") -> tuple[list[LoggedDecision], int]:
-    """Offer decisions joined to their accept events on decision_id; (decisions, skipped without candidates)."""
+    """Offer decisions joined to their accept events on decision_id; (decisions, skipped without candidates).
+    Erased people are left out with every alias ever linked to them (features.offline_log.erased_closure)."""
     if reward not in ("accept", "value"):
         raise ValueError(f"reward: expected accept or value, got {reward!r}")
-    dec = read_decisions(data_dir, start, end)
+    # an erased person's decisions and outcomes go, and so do those of every alias ever linked to them (read_* drop
+    # only the erased ids' own rows), as training drops them
+    erased = erased_ids(data_dir)
+    gone = erased_closure(erased, link_pairs(read_links(data_dir))) if erased else set()
+    dec = without_erased(read_decisions(data_dir, start, end), gone, erased)
     if dec.num_rows:
         dec = dec.filter(pc.is_in(dec["surface"], value_set=pa.array(list(OFFER_SURFACES))))
     if channel is not None and dec.num_rows:
         dec = dec.filter(pc.equal(dec["channel"], channel))
-    ev = read_events(data_dir, start, columns=["type", "offer_id", "decision_id"])
+    ev = without_erased(read_events(data_dir, start, columns=["type", "offer_id", "decision_id", *ID_COLUMNS]), gone,
+                        erased)
     accepted: set[tuple[str, str]] = set()
     if ev.num_rows:
         acc = ev.filter(pc.equal(ev["type"], "offer_accept"))

@@ -21,6 +21,7 @@ import msgspec
 import numpy as np
 
 from features.offer_store import (
+    CapCheck,
     CustomerRecord,
     LedgerState,
     OfferStore,
@@ -36,7 +37,17 @@ from recsvc.decisions import new_decision_id
 from recsvc.errors import RecsvcError
 from recsvc.models import PROPENSITY, SEGMENTS, ModelRegistry
 from recsvc.offer_policy import OfferPolicy, consent_value
-from recsvc.offers import Catalog, Decision, DrawBank, Evidence, build_evidence, cap_checks, compile_catalog, decide
+from recsvc.offers import (
+    Catalog,
+    CapUse,
+    Decision,
+    DrawBank,
+    Evidence,
+    build_evidence,
+    cap_checks,
+    compile_catalog,
+    decide,
+)
 
 log = logging.getLogger("recsvc.offers")
 
@@ -64,7 +75,7 @@ class Outcomes(msgspec.Struct):
     accepts: int
 
 
-class OfferOut(msgspec.Struct):
+class OfferOut(msgspec.Struct, gc=False):
     offer_id: str
     name: str
     rank: int
@@ -80,7 +91,7 @@ class OfferOut(msgspec.Struct):
     treatment: Treatment
 
 
-class ExcludedOut(msgspec.Struct, omit_defaults=True):
+class ExcludedOut(msgspec.Struct, omit_defaults=True, gc=False):
     offer_id: str
     rule: str
     detail: str = ""
@@ -94,7 +105,8 @@ class CapOut(msgspec.Struct):
     remaining: int
 
 
-class OfferAnswer(msgspec.Struct, omit_defaults=True):
+class OfferAnswer(msgspec.Struct, omit_defaults=True, gc=False):
+    # not tracked by the garbage collector (nor are OfferOut, ExcludedOut): an export builds thousands, in no cycle
     customer_id: str
     person_id: str
     channel: str
@@ -202,6 +214,7 @@ class OfferService:
         self._evidence: _Evidence | None = None
         self._evidence_read: tuple[int, asyncio.Future[Evidence]] | None = None
         self._lock = asyncio.Lock()
+        self._caps_memo: tuple[Sequence[CapUse], list[CapOut]] | None = None
 
     # ---- catalog and evidence ----
 
@@ -286,9 +299,9 @@ class OfferService:
             job = _Job(catalog, evidence, channel, k, now, context or {}, explain, None)
             customers = [(batch.records[0], customer_id)]
             built = self._decide_batch(customers, job)
-            if not reserve:
-                return built[0][0]
-            return (await self._reserve_batch(customers, job, built))[0][0]
+            answer = built[0][0] if not reserve else (await self._reserve_batch(customers, job, built))[0][0]
+            assert answer is not None  # a live decision (no export id) keeps its answer
+            return answer
         except StoreUnavailable as exc:
             log.warning("offers degraded for %s: %s", customer_id, exc)
             return OfferAnswer(customer_id=customer_id, person_id=customer_id, channel=channel, decision_id=decision_id,
@@ -298,18 +311,25 @@ class OfferService:
                                excluded=[] if explain else None)
 
     def _decide_batch(self, customers: Sequence[tuple[CustomerRecord, str]], job: _Job,
-                      ) -> list[tuple[OfferAnswer, bytes, Reservation]]:
-        """Decide for a batch (CPU only): the answers, export lines and reservations, in order."""
+                      ) -> list[tuple[OfferAnswer | None, bytes, Reservation]]:
+        """Decide for a batch (CPU only): the answers (None for an export), export lines and reservations, in
+        order."""
         decisions = decide(customers, job.catalog, job.evidence, job.channel, job.k, job.now, self.policy, self.rng,
                            job.context, job.explain, self.bank)
-        return [self._build(d, job.catalog, job.now, job.context, job.k, job.explain, job.export_id)
-                for d in decisions]
+        checks = cap_checks(self.policy, job.channel)
+        built = [self._build(d, job.catalog, job.now, job.context, job.k, job.explain, job.export_id, checks)
+                 for d in decisions]
+        if job.export_id:  # an export needs only the lines: the answers go now rather than at the batch's end
+            return [(None, line, res) for _, line, res in built]
+        return built  # type: ignore[return-value]
 
     async def _reserve_batch(self, customers: list[tuple[CustomerRecord, str]], job: _Job,
-                             built: list[tuple[OfferAnswer, bytes, Reservation]]) -> list[tuple[OfferAnswer, bytes]]:
+                             built: list[tuple[OfferAnswer | None, bytes, Reservation]],
+                             ) -> list[tuple[OfferAnswer | None, bytes]]:
         """Reserve a decided batch in one script call; decide again, on the ledger the script returns, for the
-        customers whose ledger changed meanwhile. Returns (answer, export line) per customer, in order."""
-        out: list[tuple[OfferAnswer, bytes] | None] = [None] * len(customers)
+        customers whose ledger changed meanwhile. Returns (answer, export line) per customer, in order (for an
+        export, the lines only: no answers)."""
+        out: list[tuple[OfferAnswer | None, bytes] | None] = [None] * len(customers)
         pending = list(range(len(customers)))
         records = [c for c, _ in customers]
         policy = self.policy
@@ -324,7 +344,8 @@ class OfferService:
                 if got.status == "ok":
                     out[i] = (ans, line)
                 elif got.status == "duplicate":
-                    out[i] = (msgspec.json.decode(got.line or b"{}", type=OfferAnswer), got.line or b"")
+                    out[i] = (None if job.export_id else msgspec.json.decode(got.line or b"{}", type=OfferAnswer),
+                              got.line or b"")
                 else:
                     r = records[i]
                     records[i] = CustomerRecord(r.person_id, r.profile, r.owned, got.ledger or LedgerState())
@@ -349,14 +370,16 @@ class OfferService:
         d = Decision(customer_id=customer_id, person_id=record.person_id, channel=channel, segment="",
                      entries=[], excluded=[], candidates=([], []), policy="none", model=None, reasons=[why], caps=[],
                      ledger_version=record.ledger.version)
-        ans, line, res = self._build(d, catalog, now, context, k, explain, export_id)
+        ans, line, res = self._build(d, catalog, now, context, k, explain, export_id, cap_checks(self.policy, channel))
         got = (await self.offers.reserve([res], now, catalog.keep_s, self.policy.export_ttl_days * 86400))[0]
         if got.status == "duplicate":
             return msgspec.json.decode(got.line or b"{}", type=OfferAnswer), got.line or b""
         return ans, line
 
     def _build(self, d: Decision, catalog: Catalog, now: float, context: Mapping[str, Any], k: int, explain: bool,
-               export_id: str | None) -> tuple[OfferAnswer, bytes, Reservation]:
+               export_id: str | None, checks: Sequence[CapCheck]) -> tuple[OfferAnswer, bytes, Reservation]:
+        """The answer, the export line (export only) and the reservation with its log record. `checks`: the caps
+        the reservation re-checks (cap_checks for the channel)."""
         decision_id = new_decision_id()
         by_id = catalog.index
         offers = [OfferOut(
@@ -367,7 +390,7 @@ class OfferService:
         ans = OfferAnswer(
             customer_id=d.customer_id, person_id=d.person_id, channel=d.channel, decision_id=decision_id,
             model=d.model, degraded=False, policy=d.policy, offers=offers, reasons=d.reasons,
-            caps=[CapOut(c.key, c.max, c.window_days, c.used, c.remaining) for c in d.caps],
+            caps=self._caps_out(d.caps),
             excluded=[ExcludedOut(x.offer_id, x.rule, x.detail) for x in d.excluded][: self.policy.explain_limit]
             if explain else None)
         entries = []
@@ -392,10 +415,19 @@ class OfferService:
             person_id=d.person_id, customer_id=d.customer_id, model=d.model, policy=d.policy, degraded=False,
             entries=_json.encode(entries).decode(), context=_json.encode(ctx).decode())
         line = _json.encode(ans) if export_id else b""
-        res = Reservation(d.person_id, d.ledger_version, d.contacts(decision_id, now), cap_checks(self.policy, d.channel),
-                          [by_id[e.offer_id].check() for e in d.entries],
-                          rec, export_id, line)
+        res = Reservation(d.person_id, d.ledger_version, d.contacts(decision_id, now), checks,
+                          [by_id[e.offer_id].check() for e in d.entries], rec, export_id, line)
         return ans, line, res
+
+    def _caps_out(self, caps: Sequence[CapUse]) -> list[CapOut]:
+        """The caps of an answer; the last unused set is kept (most customers of an export share one)."""
+        memo = self._caps_memo
+        if memo is not None and memo[0] is caps:
+            return memo[1]
+        out = [CapOut(c.key, c.max, c.window_days, c.used, c.remaining) for c in caps]
+        if isinstance(caps, tuple):  # decide's shared caps of an unused ledger (recsvc.offers._caps)
+            self._caps_memo = (caps, out)
+        return out
 
     # ---- outcomes ----
 

@@ -1,24 +1,43 @@
 -- Read what offer decisions need about many customers in one call (read-only).
 --
--- ARGV[1] msgpack: { prefix, ids, ledger_since, top_items, top_categories, owned, alias_kinds }
---   alias_kinds non-empty: the ids are any ids a customer is known by, resolved here to the canonical person exactly as
---   RedisFeatureStore.resolve does (a person hash of that id; else an alias P:id:{kind:id}; else the anonymous person
---   kind:id), saving the service a round trip; empty: the ids are person ids already
+-- ARGV[1] msgpack: { prefix, ids, ledger_since, top_items, top_categories, owned, alias_kinds, items, categories }
+--   alias_kinds non-empty: the ids are any ids a customer is known by, resolved here to the person exactly as
+--   RedisFeatureStore.resolve (and profile.lua, live.lua) do: an id qualified by an alias kind ("anonymous:abc",
+--   "device:d1", "email:h"; customer ids cannot start so) is the person that alias points to, else the anonymous
+--   person of that name, never a customer; a bare id is a person (customer) of that name, else the person an alias of
+--   that value points to (kinds in order), else an anonymous person of that name, else itself (nobody). Empty: the
+--   ids are person ids already.
 --   keys are built from the prefix as features/offer_store.py names them (like ingest.lua does): per person the
 --   hash P:c:{person}:p, affinities :ia and :ca, purchases :b, the contact ledger :ol and its state :os; one
 --   person's keys share a hash tag, a batch spans slots (one Redis node; a cluster reads per slot)
 --   ledger_since: a ZRANGEBYSCORE min such as "(1700000000.5"; top_items, top_categories: how many of the
---   strongest affinities to read (ZREVRANGE; affinity sets are small listpacks, where ZMSCORE of many members costs
---   a scan per member); owned: the items eligibility rules mention (their last purchase times, ZMSCORE).
--- Returns one msgpack string: {catalog version, {person, hash, top items, top categories, purchase times, ledger,
--- state},
--- ...} with each reply as Redis gives it (flat arrays of strings; false where an owned item was not bought). One
--- string instead of nested replies: cheaper for Redis to send and for the client to decode.
+--   strongest affinities count (ZREVRANGE); items, categories: those the catalog's offers name (only they are
+--   returned, with their scores); owned: the items eligibility rules mention.
+-- Returns one msgpack string: {catalog version, {person, hash, items, categories, owned, ledger, state}, ...} with
+-- hash and state flat HGETALLs; items and categories flat {member, score, ...} of the catalog's among the strongest;
+-- owned flat {index into owned (0-based), last purchase time, ...} of the owned ones; ledger flat {member, ts, ...}.
+-- Scores travel as numbers (Lua's tonumber of Redis's "%.17g": the same double), members as strings. Redis formats
+-- every score it returns to a script as text, so the script asks for scores only of the members it returns: the
+-- ranking without scores, then ZMSCORE of the catalog's members found in it. One string instead of nested replies:
+-- cheaper for Redis to send and for the client to decode.
 
 local args = cmsgpack.unpack(ARGV[1])
-local prefix, persons, since, n_items, n_cats, owned, kinds = args[1], args[2], args[3], args[4], args[5], args[6], args[7]
+local prefix, persons, since, n_items, n_cats = args[1], args[2], args[3], args[4], args[5]
+local owned, kinds, items, cats = args[6], args[7], args[8], args[9]
+
+local function set_of(list)
+  local s = {}
+  for _, x in ipairs(list) do s[x] = true end
+  return s
+end
+local want_items, want_cats = set_of(items), set_of(cats)
 
 local function resolve(id)
+  for _, kind in ipairs(kinds) do
+    if string.sub(id, 1, #kind + 1) == kind .. ":" then
+      return redis.call("GET", prefix .. ":id:{" .. id .. "}") or id
+    end
+  end
   if redis.call("EXISTS", prefix .. ":c:{" .. id .. "}:p") == 1 then
     return id
   end
@@ -36,11 +55,40 @@ local function resolve(id)
   return id
 end
 
-local function scores(key, members)
-  if #members == 0 then
+-- the wanted members among the n strongest, with their scores: flat {member, score, ...}, strongest first
+local function strongest(key, n, want)
+  if n <= 0 or next(want) == nil then
     return {}
   end
-  return redis.call("ZMSCORE", key, unpack(members))
+  local found = {}
+  for _, m in ipairs(redis.call("ZREVRANGE", key, 0, n - 1)) do
+    if want[m] then found[#found + 1] = m end
+  end
+  if #found == 0 then
+    return found
+  end
+  local scores = redis.call("ZMSCORE", key, unpack(found))
+  local out = {}
+  for j, m in ipairs(found) do
+    out[2 * j - 1] = m
+    out[2 * j] = tonumber(scores[j])
+  end
+  return out
+end
+
+local function bought(key)
+  local out = {}
+  if #owned == 0 then
+    return out
+  end
+  local scores = redis.call("ZMSCORE", key, unpack(owned))
+  for j = 1, #owned do
+    if scores[j] then
+      out[#out + 1] = j - 1
+      out[#out + 1] = tonumber(scores[j])
+    end
+  end
+  return out
 end
 
 local out = {redis.call("GET", prefix .. ":o:catalog:v") or "0"}
@@ -50,13 +98,17 @@ for _, id in ipairs(persons) do
     person = resolve(id)
   end
   local base = prefix .. ":c:{" .. person .. "}:"
+  local ledger = redis.call("ZRANGEBYSCORE", base .. "ol", since, "+inf", "WITHSCORES")
+  for j = 2, #ledger, 2 do
+    ledger[j] = tonumber(ledger[j])
+  end
   out[#out + 1] = {
     person,
     redis.call("HGETALL", base .. "p"),
-    redis.call("ZREVRANGE", base .. "ia", 0, n_items - 1, "WITHSCORES"),
-    redis.call("ZREVRANGE", base .. "ca", 0, n_cats - 1, "WITHSCORES"),
-    scores(base .. "b", owned),
-    redis.call("ZRANGEBYSCORE", base .. "ol", since, "+inf", "WITHSCORES"),
+    strongest(base .. "ia", n_items, want_items),
+    strongest(base .. "ca", n_cats, want_cats),
+    bought(base .. "b"),
+    ledger,
     redis.call("HGETALL", base .. "os"),
   }
 end

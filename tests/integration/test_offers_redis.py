@@ -322,6 +322,28 @@ async def test_interrupted_export_resumes_without_charging_anyone_twice(rstore: 
     assert all(x["reasons"] == ["cap:email"] for x in third if "offers" in x)
 
 
+async def test_a_reserved_batch_logs_every_decision_once(rstore: RedisFeatureStore, redis_url: str,
+                                                        redis_prefix: str, tmp_path: Path) -> None:
+    """One reservation call for a batch of 150 (the caps and offer checks it shares sent once): each decision is
+    reserved and reaches the offline log once, in the same atomic step as its contacts."""
+    people = {f"q{n:03d}": {"segment": "lost", "consent_email": "granted"} for n in range(150)}
+    await publish_and_index(rstore, people)
+    await offer_store_for(rstore).upsert_offers([offer("a"), offer("b", value=2.0)])
+    lines = await collect(service(rstore, replace(POLICY, export_batch=150)),
+                          ExportRequest(channel="email", all_consented=True))
+    decided = {x["decision_id"] for x in lines if "offers" in x}
+    r = redis.Redis.from_url(redis_url)
+    try:
+        logged = [decode_decision_record(f[b"d"]) for _, f in r.xrange(f"{redis_prefix}:log") if f[b"k"] == b"d"]
+        assert sorted(x.decision_id for x in logged) == sorted(decided) and len(decided) == 150
+        assert all(r.zcard(f"{redis_prefix}:c:{{{p}}}:ol") == 1 for p in people)
+    finally:
+        r.close()
+    await drain(rstore, tmp_path)
+    table = read_decisions(tmp_path)
+    assert set(table["decision_id"].to_pylist()) == decided and set(table["surface"].to_pylist()) == {"export"}
+
+
 async def test_every_reservation_reaches_the_offline_log(rstore: RedisFeatureStore, tmp_path: Path) -> None:
     await seed(rstore, rstore.clock())
     svc = service(rstore, replace(POLICY, exploration=0.3, seed=5))
@@ -363,6 +385,43 @@ async def test_the_read_script_resolves_ids_as_the_store_does(rstore: RedisFeatu
     assert [r.person_id for r in batch.records] == expected
     assert expected[:3] == ["c1", "c1", "c1"] and expected[3] == "device:dv-lonely" and expected[6] == "nobody"
     assert batch.records[1].profile is not None and batch.records[6].profile is None
+
+
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+async def test_qualified_ids_name_only_their_alias_in_offer_reads(rstore: RedisFeatureStore, backend: str) -> None:
+    """As profile and live reads (docs/api.md, Ids): "device:d1" is the person the alias d1 points to now, not an
+    older anonymous person named device:d1; "anonymous:12345" is the visitor, bare "12345" the customer; a qualified
+    id nobody knows is never a customer. The offer read resolves in its script (offers_read.lua) and must agree."""
+    store: Any = rstore if backend == "redis" else MemoryFeatureStore()
+    now = store.clock()
+    await store.ingest([Event(type="view", channel="web", device_id="d1", item_id="A", event_id="q1")], now=now)
+    await store.ingest([Event(type="view", channel="web", anonymous_id="v1", device_id="d1", item_id="B",
+                              event_id="q2")], now=now)
+    await store.ingest([Event(type="view", channel="web", device_id="d1", item_id="C", event_id="q3"),
+                        Event(type="purchase", channel="web", customer_id="12345", item_id="MUG", event_id="q4"),
+                        Event(type="view", channel="web", anonymous_id="12345", item_id="LAMP", event_id="q5")],
+                       now=now)
+    ids = ["device:d1", "d1", "anonymous:v1", "anonymous:12345", "12345", "email:12345", "device:nobody"]
+    expected = [await store.resolve(i) for i in ids]
+    assert expected[0] == expected[1] == expected[2] == "anonymous:v1"
+    assert expected[3:] == ["anonymous:12345", "12345", "email:12345", "device:nobody"]
+    batch = await offer_store_for(store).read_customers(ids, ReadSpec(owned=("MUG",)), DAY, now, resolve=True)
+    assert [r.person_id for r in batch.records] == expected
+    profiles = [await store.profile(i, now=now) for i in ids]
+    assert [r.profile.customer_id if r.profile else None for r in batch.records] == \
+        [p.customer_id if p else None for p in profiles]
+    for rec, prof in zip(batch.records, profiles):  # what decisions read of a profile (the Redis read: a lean one)
+        if prof is not None:
+            got = rec.profile
+            assert got is not None and (got.country, got.orders, got.monetary, got.last_seen, got.traits) == \
+                (prof.country, prof.orders, prof.monetary, prof.last_seen, prof.traits)
+            assert {k: v for k, v in got.counts.items() if k.startswith("type:")} == \
+                {k: v for k, v in prof.counts.items() if k.startswith("type:")}
+    assert batch.records[3].owned == {} and set(batch.records[4].owned) == {"MUG"}  # the visitor bought nothing
+    svc = service(store, replace(POLICY, caps=()))
+    await offer_store_for(store).upsert_offers([offer("any")])
+    for any_id, person in zip(ids, expected):
+        assert (await svc.decide(any_id, "web", 1, reserve=False)).person_id == person, any_id
 
 
 async def test_reindex_builds_audiences_from_traits_published_without_them(rstore: RedisFeatureStore, redis_url: str,

@@ -1,6 +1,7 @@
 """The pure decision logic (recsvc.offers): each eligibility rule, caps, arbitration by propensity x value x lever,
 where each propensity comes from (affinity prior, learned model, posterior), and the logged probabilities of the
-exploring policy against their empirical frequencies."""
+exploring policy against their empirical frequencies; the bulk paths (eligibility without explanations, rankings of
+the draws for a whole batch) against the reference paths on random cases."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.offer_store import Contact
 from features.propensity_model import FeatureSpec, PropensityModel, TreeEnsemble
+from recsvc import offers as offers_module
 from recsvc.offer_policy import Cap, OfferPolicy, PriorSettings
-from recsvc.offers import DrawBank, build_evidence, compile_catalog, decide, model_applies
+from recsvc.offers import DrawBank, build_evidence, compile_catalog, decide, model_applies, screen
 from tests.offers_support import COFFEE_P, DAY, NOW, OTHER_P, offer, record, tiny_model
 
 GREEDY = OfferPolicy(exploration=0.0, caps=(), prior=PriorSettings(segments={"vip": 0.2}))
@@ -310,3 +314,118 @@ def test_a_shared_draw_bank_logs_exact_frequencies() -> None:
         assert abs(len(ps) / n - ps[0]) < 0.02, (oid, len(ps) / n, ps[0])
     assert sum(ps[0] for ps in seen.values()) == pytest.approx(1.0)  # the first choice's law sums to one
     assert len(bank.index) == 3  # one posterior per offer: drawn once, reused by every decision
+
+
+# ---- the bulk paths are the reference paths ----
+
+
+def random_catalog(rng: np.random.Generator) -> list:
+    segs, countries, items = ["vip", "lost", "new"], ["UK", "FR", "DE"], ["A", "B", "C", "D"]
+    out = []
+    for i in range(int(rng.integers(2, 14))):
+        kw: dict = {"value": float(rng.choice([1.0, 2.0, 5.0])), "lever": float(rng.choice([0.0, 1.0, 1.5]))}
+        elig: dict = {}
+        if rng.random() < 0.3:
+            elig["segments"] = list(rng.choice(segs, size=int(rng.integers(1, 3)), replace=False))
+        elif rng.random() < 0.2:
+            elig["exclude_segments"] = [str(rng.choice(segs))]
+        if rng.random() < 0.2:
+            elig["countries"] = [str(rng.choice(countries))]
+        if rng.random() < 0.3:
+            elig["churn_risk"] = {"min": float(rng.choice([0.2, 0.5]))}
+        if rng.random() < 0.2:
+            elig["cltv_90d"] = {"max": float(rng.choice([50.0, 500.0]))}
+        if rng.random() < 0.3:
+            elig["owns_any"] = [str(rng.choice(items[:2]))]
+        if rng.random() < 0.3:
+            elig["owns_none"] = [str(rng.choice(items[2:]))]
+        if elig:
+            kw["eligibility"] = elig
+        if rng.random() < 0.4:
+            kw["limit"] = {"count": int(rng.integers(1, 3)), "days": 30}
+        if rng.random() < 0.4:
+            kw["cooldown_days"] = float(rng.choice([1.0, 10.0]))
+        if rng.random() < 0.5:
+            kw["items"] = [str(rng.choice(items))]
+        out.append(offer(f"o{i:02d}", **kw))
+    return out
+
+
+def random_record(rng: np.random.Generator, person: str, offer_ids: list[str]):  # type: ignore[no-untyped-def]
+    traits = {"consent_email": str(rng.choice(["granted", "denied"]))}
+    if rng.random() < 0.8:
+        traits["segment"] = str(rng.choice(["vip", "lost", "new"]))
+    if rng.random() < 0.7:
+        traits["churn_risk"] = str(round(float(rng.random()), 2))
+    if rng.random() < 0.6:
+        traits["cltv_90d"] = str(rng.choice(["10", "100", "1000", "n/a"]))
+    some = lambda: [str(x) for x in rng.choice(offer_ids, size=int(rng.integers(0, 3)))]  # noqa: E731
+    contacts = [Contact(NOW - float(rng.choice([0.5, 3, 40])) * DAY, f"d{j}", o, str(rng.choice(["web", "email"])), "x")
+                for j, o in enumerate(some())]
+    return record(person, traits=traits, country=str(rng.choice(["UK", "FR", "DE"])),
+                  items={str(i): float(rng.choice([1.0, 8.0])) for i in rng.choice(["A", "B", "C", "D"], size=2)},
+                  owned={str(i): NOW - DAY for i in rng.choice(["A", "B", "C", "D"], size=int(rng.integers(0, 3)))},
+                  contacts=sorted(contacts, key=lambda c: c.ts),
+                  accepted={o: NOW - DAY for o in some()}, dismissed={o: NOW - float(rng.choice([2, 20])) * DAY
+                                                                     for o in some()},
+                  version=int(rng.integers(0, 3)), known=bool(rng.random() < 0.95))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_bulk_decisions_are_the_explained_decisions(seed: int) -> None:
+    """The bulk path (explain=False: eligibility by exclusion sets, rankings of the draws for the whole batch at once)
+    decides exactly as the explained one (rule by rule, as ?explain=true lists them), on random catalogs and ledgers."""
+    rng = np.random.default_rng(seed)
+    offers = random_catalog(rng)
+    policy = replace(GREEDY, exploration=float(rng.choice([0.0, 0.3, 1.0])), draws=int(rng.integers(5, 60)),
+                     caps=(Cap("total", int(rng.integers(1, 4)), DAY), Cap("email", 1, 7 * DAY)))
+    catalog = compile_catalog({o.offer_id: o for o in offers}, 1, policy, None, None)
+    counts = {o.offer_id: {"vip": [int(rng.integers(0, 50)), int(rng.integers(0, 5)), 0]} for o in offers[:3]}
+    evidence = build_evidence(counts, policy)
+    people = [(random_record(rng, f"p{i}", [o.offer_id for o in offers]), f"p{i}") for i in range(12)]
+    channel, k = str(rng.choice(["web", "email"])), int(rng.integers(1, 4))
+    for rec, cid in people:
+        bulk = screen(catalog, rec, cid, channel, k, NOW, policy)
+        told = screen(catalog, rec, cid, channel, k, NOW, policy, explain=True)
+        assert [c.offer_id for c in bulk.eligible] == [c.offer_id for c in told.eligible]
+        assert list(bulk.positions) == [c.position for c in told.eligible] == list(told.positions)
+        assert (bulk.k, bulk.reasons, bulk.segment) == (told.k, told.reasons, told.segment)
+        assert bulk.excluded == () and {x.offer_id for x in told.excluded} | {c.offer_id for c in told.eligible} == \
+            {o.offer_id for o in offers}
+    runs = [decide(people, catalog, evidence, channel, k, NOW, policy, np.random.default_rng(seed), explain=explain,
+                   bank=DrawBank(policy.draws)) for explain in (False, True)]
+    for a, b in zip(*runs):
+        assert [(e.offer_id, e.rank, e.score, e.p, e.propensity) for e in a.entries] == \
+            [(e.offer_id, e.rank, e.score, e.p, e.propensity) for e in b.entries]
+        assert (a.candidates, a.policy, a.reasons) == (b.candidates, b.policy, b.reasons)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_batch_rankings_are_the_per_customer_rankings(seed: int) -> None:
+    """DrawBank.rank_many (many customers at once, in chunks) gives each customer the ranking that ranking() computes
+    alone: the same top k per draw (ties to the offer listed first: zero draws, zero levers, equal rows) and the same
+    shares."""
+    rng = np.random.default_rng(seed)
+    draws, n_rows = int(rng.integers(1, 40)), int(rng.integers(2, 30))
+    rows = rng.beta(0.5, 3.0, size=(n_rows, draws)).astype(np.float32)
+    rows[rng.random(rows.shape) < 0.2] = 0.0
+    rows[rng.integers(0, n_rows, size=n_rows // 3)] = rows[0]
+    keys, weights = [], []
+    for _ in range(int(rng.integers(1, 40))):
+        n = int(rng.integers(2, 12))
+        keys.append((rng.integers(0, n_rows, size=n).astype(np.int64).tobytes(), int(rng.integers(1, 6))))
+        weights.append(rng.choice([0.0, 1.0, 2.5, 10.0], size=n))
+    reference, batch = DrawBank(draws), DrawBank(draws)
+    reference.rows = batch.rows = rows
+    budget = offers_module.RANK_BUDGET
+    offers_module.RANK_BUDGET = int(rng.choice([1, 4 * draws * 24, budget]))  # one customer, a few, all per chunk
+    try:
+        batch.rank_many(keys, weights)
+    finally:
+        offers_module.RANK_BUDGET = budget
+    for key, w in zip(keys, weights):
+        top, share = reference.ranking(key[0], w, key[1])
+        got_top, got_share = batch.rankings[key]
+        assert np.array_equal(got_top, top) and got_share == share

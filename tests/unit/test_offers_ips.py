@@ -1,12 +1,18 @@
 """Off-policy estimators (recsvc.ips): a hand-computed case, and simulated logs where a known logging policy and a
-known acceptance per offer let the IPS / SNIPS estimates of other policies be checked against their true value."""
+known acceptance per offer let the IPS / SNIPS estimates of other policies be checked against their true value; erased
+people (and every alias linked to them) stay out of the logged decisions."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from recsvc.ips import LoggedDecision, estimate, evaluate, greedy_choice, target_probability
+from features.offline_log import write_batch
+from features.schema import DecisionRecord, LinkRecord, LogRecord
+from recsvc.ips import LoggedDecision, estimate, evaluate, greedy_choice, load_logged, target_probability
 
 TRUE = {"a": 0.30, "b": 0.12, "c": 0.04}
 
@@ -77,3 +83,35 @@ def test_confidence_interval_covers_the_truth_at_about_the_stated_rate() -> None
 def test_estimate_of_nothing_is_nan() -> None:
     ips, lo, hi, snips, slo, shi = estimate(np.zeros(0), np.zeros(0))
     assert all(np.isnan(v) for v in (ips, lo, hi, snips, slo, shi))
+
+
+def test_erased_people_leave_the_evaluation_with_every_alias_ever_linked_to_them(tmp_path: Path) -> None:
+    """The offline log drops an erased id's own rows; evaluation also drops decisions and outcomes of the aliases
+    linked to them (features.offline_log.erased_closure, as training): here an anonymous visitor decided on before
+    logging in as the erased customer, and a device linked to that visitor."""
+    t0 = 1_790_000_000.0
+
+    def decided(did: str, person: str, asked: str, ts: float) -> DecisionRecord:
+        ctx = {"candidates": {"ids": ["a", "b"], "scores": [0.3, 0.1]}}
+        entries = [{"id": "a", "rank": 0, "p": 0.9, "value": 1.0}]
+        return DecisionRecord(decision_id=did, ts=ts, surface="offers", channel="web", person_id=person,
+                              customer_id=asked, policy="greedy", entries=json.dumps(entries), context=json.dumps(ctx))
+
+    def accepted(eid: str, did: str, ts: float, **who: str) -> LogRecord:
+        return LogRecord(event_id=eid, type="offer_accept", channel="web", ts=ts, offer_id="a", decision_id=did, **who)
+
+    records = [
+        decided("kept", "c1", "c1", t0),
+        decided("visitor", "anonymous:v9", "anonymous:v9", t0 + 1),  # before the visitor logged in as c9
+        decided("device", "device:d9", "d9", t0 + 2),  # a device later merged into the visitor
+        decided("customer", "c9", "c9", t0 + 3),
+        accepted("e1", "kept", t0 + 5, customer_id="c1", person_id="c1"),
+        accepted("e2", "visitor", t0 + 6, person_id="anonymous:v9", anonymous_id="v9"),
+        LinkRecord(alias="device:d9", person_id="anonymous:v9", ts=t0 + 7),
+        LinkRecord(alias="anonymous:v9", person_id="c9", ts=t0 + 8),
+    ]
+    write_batch(tmp_path, [(f"1-{i}", r) for i, r in enumerate(records)])
+    assert {d.decision_id for d in load_logged(tmp_path)[0]} == {"kept", "visitor", "device", "customer"}
+    (tmp_path / "erased.txt").write_text("c9\n", encoding="utf-8")
+    logged, skipped = load_logged(tmp_path)
+    assert [(d.decision_id, d.reward) for d in logged] == [("kept", 1.0)] and skipped == 0
