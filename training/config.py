@@ -20,6 +20,7 @@ class TrainConfig:
     tracking_uri: str | None = None
     quick: bool = False  # fewer iterations and a smaller grid: for tests
     progress: bool = True
+    workers: int = 0  # processes for independent work (training.parallel); 0: two where there are two cores
     publish_redis_url: str | None = None  # segments: publish traits to this Redis (default RECSVC_REDIS_URL)
     recommender: dict[str, Any] = field(default_factory=dict)
     segments: dict[str, Any] = field(default_factory=dict)

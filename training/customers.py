@@ -13,9 +13,17 @@ CLUSTER_FEATURES = ["recency_days", "frequency", "monetary", "tenure_days", "avg
 MODEL_FEATURES = CLUSTER_FEATURES + ["spend_90d", "frequency_90d", "returns"]
 
 
+ANONYMOUS_PREFIXES = ("anonymous:", "device:", "email:")
+
+
 def is_customer(user: str) -> bool:
     """Anonymous people are `anonymous:…`, `device:…`, `email:…`; they train co-occurrence, not evaluation."""
-    return not user.startswith(("anonymous:", "device:", "email:"))
+    return not user.startswith(ANONYMOUS_PREFIXES)
+
+
+def customers_mask(users: pd.Series) -> np.ndarray:
+    """`is_customer` of every entry, vectorized (a Python call per event cost a second per training set)."""
+    return ~users.astype(str).str.startswith(ANONYMOUS_PREFIXES).to_numpy(dtype=bool)
 
 
 def customer_features(events: pd.DataFrame, at: float, horizon: float = HORIZON) -> pd.DataFrame:
@@ -25,7 +33,7 @@ def customer_features(events: pd.DataFrame, at: float, horizon: float = HORIZON)
     tenure_days (since the first purchase), avg_basket (monetary per purchase day), spend_90d and frequency_90d
     (purchases in the `horizon` before `at`), returns (return events).
     """
-    ev = events[(events["ts"] < at) & events["user"].map(is_customer)]
+    ev = events[(events["ts"] < at).to_numpy() & customers_mask(events["user"])]
     buys = ev[ev["type"] == "purchase"]
     rets = ev[ev["type"] == "return"]
     if buys.empty:

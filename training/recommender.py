@@ -18,17 +18,17 @@ from typing import Any
 import mlflow
 import numpy as np
 from matplotlib.figure import Figure
-from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from features.bundle import save_bundle
 from features.keys import SCHEMA_VERSION
 from training.config import TrainConfig
-from training.data import Dataset, build_testset, build_trainset, load_interactions, to_ts
+from training.data import Dataset, TestSet, build_testset, build_trainset, load_interactions, to_ts
 from training.evaluation import Scores, evaluate
 from training.models.base import Model, TrainSet
 from training.models.baselines import Popularity, PopularityByCountry, RepeatPurchase
-from training.models.blend import Reranker, RerankParams, Window
+from training.models.blend import Reranker, RerankParams, Window, window_rows
+from training.parallel import INLINE, Lanes
 from training.promote import PromotionResult, register_and_promote
 from training.tracking import configure, log_bundle, log_figure, training_run
 
@@ -159,8 +159,28 @@ def metric_row(r: ModelRow) -> dict[str, float]:
     }
 
 
-def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> RecommenderResult:
-    """Fit, evaluate (protocols a and b), log one MLflow run, save the bundle, register and gate the promotion."""
+def fit_and_evaluate(model: Model, train: TrainSet, test: TestSet) -> ModelRow:
+    """Fit one model and evaluate it on both protocols (a task: the models are independent of each other)."""
+    t = time.perf_counter()
+    model.fit(train)
+    fit_s = time.perf_counter() - t
+    kind = "baseline" if model.name in BASELINES else "model"
+    return ModelRow(model.name, kind, fit_s, evaluate(model, train, test, protocol="all"),
+                    evaluate(model, train, test, protocol="new"))
+
+
+HELPER_WINDOWS = 2  # the oldest (smallest) validation windows' rows go to the helper lane, the rest stay here
+SLOW_MODELS = ("lightfm",)  # queued on the helper before the "new" trees; the other models after them
+
+
+def train_recommender(cfg: TrainConfig, ds: Dataset | None = None, lanes: Lanes = INLINE) -> RecommenderResult:
+    """Fit, evaluate (protocols a and b), log one MLflow run, save the bundle, register and gate the promotion.
+
+    With a helper lane (training.parallel) the work is split in two, in an order that keeps both busy: the helper
+    takes the oldest validation windows' rows, LightFM, the re-ranker's "new" trees and the other models; this
+    process the newest windows' rows, the "all" trees, the champion's evaluation and the serving bundle. Every task
+    is deterministic, so the numbers are those of a run in one lane.
+    """
     client = configure(cfg.tracking_uri)
     split, end = to_ts(cfg.split_date), to_ts(cfg.end_date)
     if end <= split:
@@ -182,45 +202,46 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
         raise ValueError(
             f"no test customers: no purchases between {cfg.split_date} and {cfg.end_date} by earlier buyers"
         )
-    rows: list[ModelRow] = []
     models = candidates(cfg)
-    for model in tqdm(models, desc="recommender: fit + evaluate", disable=not cfg.progress):
-        t = time.perf_counter()
-        model.fit(train)
-        fit_s = time.perf_counter() - t
-        kind = "baseline" if model.name in BASELINES else "model"
-        rows.append(ModelRow(model.name, kind, fit_s, evaluate(model, train, test, protocol="all"),
-                             evaluate(model, train, test, protocol="new")))
-        log.info("recommender: %s ndcg@10 all %.4f new %.4f (%.1f s)",
-                 model.name, rows[-1].all.ndcg, rows[-1].new.ndcg, fit_s)
-
     rp = rerank_params(cfg)
     champion = Reranker(rp)
-    with tqdm(total=3, desc="recommender: re-ranker", disable=not cfg.progress) as bar:
+    with tqdm(total=4, desc="recommender: re-ranker", disable=not cfg.progress) as bar:
         t = time.perf_counter()
-        windows = validation_windows(ds, split, cfg.validation_days, n_windows, weights, half_life)
-        champion.fit_ranker(windows)
+        windows = [w for w in validation_windows(ds, split, cfg.validation_days, n_windows, weights, half_life)
+                   if len(w.users)]
+        share = max(0, min(HELPER_WINDOWS, len(windows) - 1)) if lanes.parallel else 0
+        helper_rows = [lanes.submit(window_rows, w, rp) for w in windows[len(windows) - share:]]
+        pending = {m.name: lanes.submit(fit_and_evaluate, m, train, test) for m in models if m.name in SLOW_MODELS}
+        here = [window_rows(w, rp) for w in windows[: len(windows) - share]]
+        bar.update()
+        champion.fit_ranker(here + [r.result() for r in helper_rows], lanes)
+        pending.update({m.name: lanes.submit(fit_and_evaluate, m, train, test) for m in models if m.name not in pending})
         bar.update()
         champion.fit(train)
         fit_s = time.perf_counter() - t
-        bar.update()
-        rows.append(ModelRow(CHAMPION, "champion-candidate", fit_s, evaluate(champion, train, test, protocol="all"),
-                             evaluate(champion, train, test, protocol="new")))
+        scores_all = evaluate(champion, train, test, protocol="all")
         bar.update()
 
-    # What is served: the evaluated configuration and trees, with its item neighbours, factors and statistics refit on
-    # every interaction up to the end of the data (so items and customers after the split are known), and each
-    # customer's ranked candidates precomputed from their full history.
-    serve_until = float(ds.events["ts"].max()) + 1.0
-    t_serve = time.perf_counter()
-    with tqdm(total=2, desc="recommender: serving bundle", disable=not cfg.progress) as bar:
+        # What is served: the evaluated configuration and trees, with its item neighbours, factors and statistics
+        # refit on every interaction up to the end of the data (so items and customers after the split are known),
+        # and each customer's ranked candidates precomputed from their full history. Built before the "new"
+        # protocol's evaluation, which waits for the helper's trees.
+        serve_until = float(ds.events["ts"].max()) + 1.0
+        t_serve = time.perf_counter()
         serve_train = build_trainset(ds, serve_until, weights=weights, half_life_days=half_life)
-        champion.fit(serve_train)
+        served = champion.refit(serve_train)
+        top_items, top_scores = serving_candidates(served, SERVE_TOP)
+        serve_s = time.perf_counter() - t_serve
+        log.info("recommender: serving bundle (refit + %d customers' candidates) in %.1f s", len(top_items), serve_s)
+        champion_row = ModelRow(CHAMPION, "champion-candidate", fit_s, scores_all,
+                                evaluate(champion, train, test, protocol="new"))
         bar.update()
-        top_items, top_scores = serving_candidates(champion, SERVE_TOP)
-        bar.update()
-    serve_s = time.perf_counter() - t_serve
-    log.info("recommender: serving bundle (refit + %d customers' candidates) in %.1f s", len(top_items), serve_s)
+    rows: list[ModelRow] = []
+    for model in tqdm(models, desc="recommender: fit + evaluate", disable=not cfg.progress):
+        rows.append(pending[model.name].result())
+        log.info("recommender: %s ndcg@10 all %.4f new %.4f (%.1f s)",
+                 model.name, rows[-1].all.ndcg, rows[-1].new.ndcg, rows[-1].fit_s)
+    rows.append(champion_row)
 
     cand = rows[-1]
     metrics = {
@@ -256,7 +277,7 @@ def train_recommender(cfg: TrainConfig, ds: Dataset | None = None) -> Recommende
         for metric in CURVES:  # plots/ndcg_at_k.png, recall_at_k.png, map_at_k.png
             log_figure(curves_figure(rows, metric), f"{metric}_at_k.png")
         with tempfile.TemporaryDirectory() as d:
-            save_recommender_bundle(Path(d), champion, serve_train, metrics, top_items, top_scores, split)
+            save_recommender_bundle(Path(d), served, serve_train, metrics, top_items, top_scores, split)
             log_bundle(Path(d))
         promotion = register_and_promote(FAMILY, run.info.run_id, "bundle", metrics, force=cfg.force, client=client)
     return RecommenderResult(rows, params, promotion, ds.fingerprint, metrics, run.info.run_id, beats)
@@ -274,14 +295,12 @@ def serving_candidates(model: Reranker, n: int, batch: int = 1024) -> tuple[np.n
     users = np.arange(model.train.n_users)
     items = np.full((len(users), n), -1, dtype=np.int32)
     scores = np.full((len(users), n), np.nan, dtype=np.float32)
-    clf = model.classifiers.get("all")
     for start in range(0, len(users), batch):
         us = users[start : start + batch]
-        cand = model.model.candidates(model.history(us), model.train.split_ts, new_only=False)
+        cand = model.scorer.candidates(model.history(us), model.train.split_ts, new_only=False)
         if not len(cand.rows):
             continue
-        with threadpool_limits(1, user_api="openmp"):
-            raw = clf.decision_function(cand.x) if clf is not None else model.model.ranker_all.raw(cand.x)
+        raw = model.scorer.ranker_all.raw(cand.x)
         order = np.lexsort((cand.items, -raw, cand.rows))  # by user, best first, ties by item index
         rows, its, vals = cand.rows[order], cand.items[order], raw[order]
         first = np.r_[0, np.nonzero(np.diff(rows))[0] + 1]

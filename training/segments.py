@@ -86,7 +86,8 @@ def churn_labels(events: pd.DataFrame, t0: float, horizon: float) -> tuple[pd.Da
     x = customer_features(events, t0, horizon)
     later = events[(events["ts"] >= t0) & (events["ts"] < t0 + horizon) & (events["type"] == "purchase")]
     spend = later.groupby("user")["value"].sum().reindex(x.index, fill_value=0.0)
-    churned = pd.Series((~x.index.isin(later["user"])).astype(int), index=x.index)
+    # isin over the distinct buyers: pandas tests an Arrow string column's values one Python call each
+    churned = pd.Series((~x.index.isin(later["user"].unique().tolist())).astype(int), index=x.index)
     return x, churned, spend
 
 

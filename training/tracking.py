@@ -43,6 +43,12 @@ def configure(tracking_uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def prepare(tracking_uri: str | None = None) -> None:
+    """Open the store once (a new sqlite store's tables take seconds to create): a helper process does it while the
+    main process loads the data."""
+    configure(tracking_uri)
+
+
 def experiment_name(family: str) -> str:
     """Experiments are `recsvc/<family>`; the registered model name may be passed too (`recsvc-segments`)."""
     name = family.removeprefix("recsvc-").strip()

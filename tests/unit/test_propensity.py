@@ -16,7 +16,7 @@ from features.bundle import load_bundle, save_bundle
 from features.propensity_model import FeatureSpec, PropensityModel, TreeEnsemble
 from training.config import TrainConfig
 from training.propensity import (
-    FREQ, INCOME, OFFER_TYPE, VISITS, export_trees, fit_trees, holdout_mask, random_replay, replay_acceptance,
+    FREQ, INCOME, OFFER_TYPE, VISITS, CompiledTrees, export_trees, fit_trees, holdout_mask, random_replay, replay_acceptance,
     survey_rows, survey_spec, train_propensity,
 )
 
@@ -116,6 +116,12 @@ def test_planted_preference_is_learned_and_replayed() -> None:
     hold_rows = [r for r, h in zip(rows, hold) if h]
     acceptance, matched = replay_acceptance(trees, spec, hold_rows, y[hold])
     assert matched > 100 and acceptance > y[hold].mean() + 0.2  # offering what they visit beats random
+    # the job scores the same trees with scikit-learn's predictor: the same AUC and the same replay
+    compiled = CompiledTrees(clf)
+    assert roc_auc_score(y[hold], compiled.predict_proba(x[hold])) == roc_auc_score(y[hold], prob)
+    assert replay_acceptance(compiled, spec, hold_rows, y[hold]) == (acceptance, matched)
+    assert np.abs(compiled.raw(x[hold]) - trees.raw(x[hold])).max() < 1e-9
+    assert compiled.raw(x[:0]).shape == trees.raw(x[:0]).shape == (0,) and compiled.predict_proba(x[:0]).shape == (0,)
     # the policy offers a type the customer visits often whenever there is one
     customer = {f"customer.visits.{t}": "never" for t in TYPES}
     customer |= {"customer.visits.Bar": "gt8", "offer.expiration_hours": 24.0}

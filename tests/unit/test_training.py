@@ -296,3 +296,144 @@ def test_cli_segments_write_docs_from_the_run(log_dir: Path, tmp_path: Path, mon
     assert f"k = {int(m['clusters'])}" in block and run.data.tags["data_fingerprint"][:16] in block
     assert _outside(text) == _outside(original)
     assert text.split("<!-- propensity:start -->")[1] == original.split("<!-- propensity:start -->")[1]
+
+
+SMALL = ["recommender.als_factors=8", "recommender.bpr_factors=8", "recommender.lightfm_components=8",
+         "recommender.rerank_trees=20", "recommender.validation_windows=3", "recommender.bpr_iterations=10",
+         "recommender.lightfm_epochs=2"]
+
+
+def test_a_helper_process_changes_no_number(log_dir: Path, tmp_path: Path) -> None:
+    """The same job in one lane and, through the CLI, in two (a helper process takes windows, models and the "new"
+    trees): the same metrics for every model and the same serving bundle, array for array."""
+    from training.cli import main
+    from training.promote import load_champion
+    from training.recommender import train_recommender
+
+    dates = dict(data_dir=log_dir, split_date="2011-10-01", end_date="2011-10-11")
+    one_uri, two_uri = (f"sqlite:///{tmp_path}/{name}/mlflow.db" for name in ("one", "two"))
+    one = train_recommender(load_config(None, SMALL, tracking_uri=one_uri, progress=False, **dates))
+    argv = ["recommender", "--data-dir", str(log_dir), "--split-date", "2011-10-01", "--end-date", "2011-10-11",
+            "--tracking-uri", two_uri, "--no-progress", "--workers", "2"]
+    assert main([*argv, *(a for item in SMALL for a in ("--set", item))]) == 0
+    bundles, metrics = [], []
+    for uri in (one_uri, two_uri):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        found = load_champion("recsvc-recommender", client)
+        assert found is not None
+        bundles.append(load_bundle(found[0]))
+        metrics.append({k: v for k, v in client.get_run(found[1].run_id).data.metrics.items() if "seconds" not in k})
+    assert metrics[0] == metrics[1] and metrics[0]["rerank.ndcg_at_10_all"] == one.metrics["ndcg_at_10_all"]
+    assert {f"{r.name}.ndcg_at_10_new" for r in one.rows} <= set(metrics[1])
+    (a1, m1), (a2, m2) = bundles
+    assert set(a1) == set(a2) and all(np.array_equal(a1[k], a2[k], equal_nan=True) for k in a1)
+    assert {k: v for k, v in m1.items() if k != "created_at"} == {k: v for k, v in m2.items() if k != "created_at"}
+
+
+def test_training_ranks_with_the_bundles_trees(log_dir: Path) -> None:
+    """Evaluation scores candidates with scikit-learn's predictor; the bundle's numpy trees give the same top 10."""
+    from features.scoring import recommend
+    from training.recommender import rerank_params, validation_windows
+
+    cfg = load_config(None, SMALL, data_dir=log_dir, progress=False)
+    ds = load_dataset(None, log_dir)
+    split = to_ts("2011-10-01")
+    train = build_trainset(ds, split)
+    from training.models.blend import Reranker
+
+    champion = Reranker(rerank_params(cfg))
+    champion.fit_ranker(validation_windows(ds, split, 10, 2, None, 120.0))
+    champion.fit(train)
+    users = np.arange(train.n_users)
+    arrays = champion.model  # the trees as the bundle holds them, walked in numpy
+    for new_only in (False, True):
+        fast = champion.recommend(users, 10, new_only)
+        slow = recommend(arrays, champion.history(users), train.split_ts, 10, new_only)
+        assert np.array_equal(fast, slow)
+    x = arrays.candidates(champion.history(users), train.split_ts, False).x
+    assert np.allclose(champion.trees["all"].raw(x), arrays.ranker_all.raw(x), rtol=0, atol=1e-9)
+
+
+def test_window_labels_are_membership() -> None:
+    from training.models.blend import bought_in_window
+
+    rng = np.random.default_rng(1)
+    relevant = [set(rng.choice(50, size=int(rng.integers(0, 6)), replace=False).tolist()) for _ in range(30)]
+    rows, items = rng.integers(0, 30, 2000), rng.integers(0, 50, 2000)
+    expected = [int(i) in relevant[r] for r, i in zip(rows, items)]
+    assert bought_in_window(rows, items, relevant, 50).tolist() == expected
+    assert bought_in_window(np.zeros(0, np.int64), np.zeros(0, np.int64), [set()], 50).tolist() == []
+
+
+def test_testset_is_each_earlier_buyers_window_purchases() -> None:
+    """Anonymous people, customers with no purchase before the split and items unknown at the split are left out;
+    each customer's items are a set (a repeat counts once)."""
+    import pandas as pd
+
+    from training.customers import customers_mask, is_customer
+    from training.data import Dataset
+
+    t = to_ts("2011-10-01")
+    rows = [("c1", "a", t - DAY), ("c1", "a", t + DAY), ("c1", "a", t + 2 * DAY), ("c1", "b", t + DAY),
+            ("c2", "b", t - DAY), ("c2", "zz", t + DAY), ("c3", "a", t + DAY), ("anonymous:x", "a", t - DAY),
+            ("anonymous:x", "b", t + DAY), ("email:e", "a", t - DAY), ("email:e", "b", t + DAY),
+            ("c2", "a", t + 20 * DAY), ("c4", "b", t - 2 * DAY), ("c2", "b", t + 3 * DAY)]
+    events = pd.DataFrame({"user": [r[0] for r in rows], "item_id": [r[1] for r in rows], "type": "purchase",
+                           "ts": [r[2] for r in rows], "quantity": 1.0, "value": 1.0, "country": "UK",
+                           "event_id": [f"e{i}" for i in range(len(rows))]})
+    ds = Dataset(events, pd.DataFrame(columns=["item_id", "title", "categories", "price"]), "fp", "test")
+    train = build_trainset(ds, t)
+    test = build_testset(ds, train, t, t + 10 * DAY)
+    assert [train.user_ids[u] for u in test.users] == ["c1", "c2"] and test.users.dtype == np.int64
+    assert [{train.item_ids[i] for i in r} for r in test.relevant] == [{"a", "b"}, {"b"}]
+    assert customers_mask(events["user"]).tolist() == [is_customer(u) for u in events["user"]]
+    empty = build_testset(ds, train, t + 30 * DAY, t + 40 * DAY)
+    assert len(empty.users) == 0 and empty.relevant == []
+
+
+def test_lanes_run_tasks_and_raise_their_errors() -> None:
+    from training.parallel import INLINE, lanes
+
+    calls: list[int] = []
+    later = INLINE.submit(calls.append, 1)
+    assert calls == []  # one lane: a task runs when its result is asked for, once
+    later.result()
+    later.result()
+    assert calls == [1]
+    with lanes(2) as lane:
+        assert lane.submit(divmod, 7, 2).result() == (3, 1)
+        with pytest.raises(ValueError, match="invalid literal"):
+            lane.submit(int, "seven").result()
+    with pytest.raises(ValueError, match="workers"):
+        with lanes(0):
+            pass
+    # a helper that dies fails the job instead of leaving it waiting
+    import os
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pytest.raises(BrokenProcessPool):
+        with lanes(2) as lane:
+            lane.submit(os._exit, 3).result()
+
+
+def test_cli_refuses_a_negative_worker_count(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import main
+
+    assert main(["recommender", "--workers", "-1", "--no-progress"]) == 2
+    assert "workers" in capsys.readouterr().err
+
+
+def test_fingerprint_is_the_documented_digest() -> None:
+    """sha256 of "rows|min ts|max ts|" then every sorted event id and a newline: a run's data fingerprint compares
+    with earlier runs'."""
+    import hashlib
+
+    import pandas as pd
+
+    from training.data import fingerprint
+
+    df = pd.DataFrame({"event_id": ["b-2", "a-1", "é-3"], "ts": [3.0, 1.0, 2.0]})
+    h = hashlib.sha256(b"3|1.0|3.0|")
+    for eid in ("a-1", "b-2", "é-3"):
+        h.update(eid.encode() + b"\n")
+    assert fingerprint(df) == h.hexdigest()

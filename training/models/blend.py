@@ -18,7 +18,8 @@ from features.propensity_model import TreeEnsemble
 from features.scoring import ITEM_STATS, Csr, History, RerankModel, recommend
 from training.models.base import TrainSet
 from training.models.implicit_models import ALS, ItemKNN
-from training.propensity import export_trees
+from training.parallel import INLINE, Lanes
+from training.propensity import CompiledTrees, export_trees
 
 DAY = 86400.0
 
@@ -124,9 +125,16 @@ def training_rows(comp: Components, p: RerankParams, train: TrainSet, users: np.
         cand = model.candidates(history(train, us, comp.country_index), train.split_ts, new_only)
         rel = relevant[start : start + 512]
         xs.append(cand.x)
-        labels = (int(i) in rel[r] for r, i in zip(cand.rows, cand.items))
-        ys.append(np.fromiter(labels, dtype=bool, count=len(cand.rows)))
+        ys.append(bought_in_window(cand.rows, cand.items, rel, train.n_items))
     return np.vstack(xs), np.concatenate(ys)
+
+
+def bought_in_window(rows: np.ndarray, items: np.ndarray, relevant: Sequence[set[int]], n_items: int) -> np.ndarray:
+    """`items[j] in relevant[rows[j]]` for every candidate j, as one array lookup instead of a Python test each."""
+    sizes = [len(r) for r in relevant]
+    keys = np.repeat(np.arange(len(relevant), dtype=np.int64), sizes) * n_items
+    keys += np.fromiter((i for r in relevant for i in r), dtype=np.int64, count=sum(sizes))
+    return np.isin(rows.astype(np.int64) * n_items + items, keys)
 
 
 @dataclass
@@ -138,70 +146,116 @@ class Window:
     relevant: list[set[int]]
 
 
+PROTOCOLS = (("all", False), ("new", True))
+
+
+@dataclass
+class WindowRows:
+    """A validation window's examples for the trees, per protocol: candidate features, labels, purchases to find."""
+
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    positives: dict[str, int]
+
+
+def window_rows(w: Window, p: RerankParams) -> WindowRows:
+    """Components fitted as of the window's start, then every candidate of its customers, labelled by their purchases
+    inside it (protocol "new": purchases of items never bought before). A task: windows are independent."""
+    comp = Components(w.train, p)
+    out = WindowRows({}, {}, {})
+    for proto, new_only in PROTOCOLS:
+        rel = w.relevant
+        if new_only:
+            rel = [r - set(w.train.purchases[u].indices.tolist()) for u, r in zip(w.users, w.relevant)]
+        out.x[proto], out.y[proto] = training_rows(comp, p, w.train, w.users, rel, new_only)
+        out.positives[proto] = sum(map(len, rel))
+    return out
+
+
+def fit_classifier(x: np.ndarray, y: np.ndarray, p: RerankParams) -> HistGradientBoostingClassifier:
+    """The trees of one protocol (a task: the two protocols' trees are independent)."""
+    clf = HistGradientBoostingClassifier(max_iter=p.trees, learning_rate=p.learning_rate,
+                                         max_leaf_nodes=p.max_leaf_nodes, min_samples_leaf=p.min_samples_leaf,
+                                         early_stopping=False, random_state=p.seed)
+    # one OpenMP thread: on a small shared machine, spinning worker threads make the fit many times slower
+    with threadpool_limits(1, user_api="openmp"):
+        clf.fit(x, y)
+    return clf
+
+
 class Reranker:
-    """The champion candidate. `fit_ranker` on a validation window first, then `fit` on the full training period."""
+    """The champion candidate. `fit_ranker` on validation windows first, then `fit` on the full training period.
+
+    Training ranks with `CompiledTrees` (evaluation, serving candidates); the bundle holds the same trees as arrays
+    (`model`), which the service walks with numpy alone.
+    """
 
     name = "rerank"
 
     def __init__(self, params: RerankParams | None = None) -> None:
         self.params = params or RerankParams()
-        self.rankers: dict[str, TreeEnsemble] = {}
-        self.classifiers: dict[str, HistGradientBoostingClassifier] = {}
+        self.trees: dict[str, CompiledTrees] = {}
         self.validation: dict[str, float] = {}
 
-    def fit_ranker(self, windows: Sequence[Window]) -> None:
+    def fit_ranker(self, windows: Sequence[Window | WindowRows], lanes: Lanes = INLINE) -> None:
         """Learn the trees on validation windows: features as of each window's start, labels = purchases inside it.
 
-        Several consecutive windows give the trees more (and more varied) examples than one.
+        Several consecutive windows give the trees more (and more varied) examples than one. Windows may come as
+        their rows already computed (`window_rows`, in any lane). The "new" trees are fitted by `lanes` (another
+        process when there is one) while the "all" trees are fitted here.
         """
-        windows = [w for w in windows if len(w.users)]
-        if not windows:
+        rows = [w if isinstance(w, WindowRows) else window_rows(w, self.params)
+                for w in windows if isinstance(w, WindowRows) or len(w.users)]
+        if not rows:
             raise ValueError("validation windows: no customers with purchases both before and inside a window")
         p = self.params
-        data: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {"all": ([], []), "new": ([], [])}
-        positives = {"all": 0, "new": 0}
-        for w in windows:
-            comp = Components(w.train, p)
-            for proto, new_only in (("all", False), ("new", True)):
-                rel = w.relevant
-                if new_only:
-                    rel = [r - set(w.train.purchases[u].indices.tolist()) for u, r in zip(w.users, w.relevant)]
-                x, y = training_rows(comp, p, w.train, w.users, rel, new_only)
-                data[proto][0].append(x)
-                data[proto][1].append(y)
-                positives[proto] += sum(map(len, rel))
-        for proto, (xs, ys) in data.items():
-            x, y = np.vstack(xs), np.concatenate(ys)
+        data = {}
+        for proto, _ in PROTOCOLS:
+            x, y = np.vstack([r.x[proto] for r in rows]), np.concatenate([r.y[proto] for r in rows])
             if not y.any() or y.all():
                 raise ValueError(f"validation windows ({proto}): every candidate has the same label; more data needed")
-            clf = HistGradientBoostingClassifier(max_iter=p.trees, learning_rate=p.learning_rate,
-                                                 max_leaf_nodes=p.max_leaf_nodes, min_samples_leaf=p.min_samples_leaf,
-                                                 early_stopping=False, random_state=p.seed)
-            # one OpenMP thread: on a small shared machine, spinning worker threads make the fit many times slower
-            with threadpool_limits(1, user_api="openmp"):
-                clf.fit(x, y)
-            self.rankers[proto] = export_trees(clf)
-            self.classifiers[proto] = clf  # the same trees, scored by scikit-learn's compiled predictor in bulk
+            positives = sum(r.positives[proto] for r in rows)
             self.validation[f"{proto}.rows"] = float(len(y))
-            self.validation[f"{proto}.positives"] = float(positives[proto])
-            self.validation[f"{proto}.candidate_recall"] = float(y.sum() / max(positives[proto], 1))
+            self.validation[f"{proto}.positives"] = float(positives)
+            self.validation[f"{proto}.candidate_recall"] = float(y.sum() / max(positives, 1))
+            data[proto] = (x, y)
+        self.trees = {"new": CompiledTrees(lanes.submit(fit_classifier, *data.pop("new"), p))}
+        self.trees["all"] = CompiledTrees(fit_classifier(*data.pop("all"), p))
+
+    @property
+    def rankers(self) -> dict[str, TreeEnsemble]:
+        """The trees as arrays, for the bundle."""
+        return {proto: export_trees(t.classifier) for proto, t in self.trees.items()}
 
     def fit(self, train: TrainSet) -> None:
-        if not self.rankers:
+        if not self.trees:
             raise RuntimeError("Reranker.fit: call fit_ranker on a validation window first")
         self.train = train
         self.components = Components(train, self.params)
-        self.model = self.components.model(self.params, self.rankers["all"], self.rankers["new"])
+        self.scorer = self.components.model(self.params, self.trees["all"], self.trees["new"])  # type: ignore[arg-type]
+
+    def refit(self, train: TrainSet) -> "Reranker":
+        """The same trees over components fitted on `train` (the serving bundle's), leaving this one as it is."""
+        other = Reranker(self.params)
+        other.trees, other.validation = self.trees, self.validation
+        other.fit(train)
+        return other
+
+    @property
+    def model(self) -> RerankModel:
+        """What the service loads: the components and the trees as arrays (numpy alone)."""
+        rankers = self.rankers
+        return self.components.model(self.params, rankers["all"], rankers["new"])
 
     def history(self, users: np.ndarray) -> History:
         return history(self.train, users, self.components.country_index)
 
     def score(self, users: np.ndarray) -> np.ndarray:
-        return self.model.score(self.history(users), self.train.split_ts, new_only=False)
+        return self.scorer.score(self.history(users), self.train.split_ts, new_only=False)
 
     def recommend(self, users: np.ndarray, k: int, new_only: bool) -> np.ndarray:
-        """Top-k through features.scoring.recommend, exactly as the service ranks."""
-        return recommend(self.model, self.history(users), self.train.split_ts, k, new_only)
+        """Top-k through features.scoring.recommend, as the service ranks."""
+        return recommend(self.scorer, self.history(users), self.train.split_ts, k, new_only)
 
     def describe(self) -> dict[str, object]:
-        return {**asdict(self.params), **self.model.params()}
+        return {**asdict(self.params), **self.scorer.params()}
