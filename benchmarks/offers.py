@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,19 @@ def stop_server(server: subprocess.Popen[bytes], cfg: Path) -> None:
     cfg.unlink(missing_ok=True)
 
 
+def count_lines(lines: Iterable[bytes]) -> tuple[int, Counter[int]]:
+    """An export's NDJSON: (customers decided, how many lines carry 0, 1, 2, ... offers); an error line stops the run."""
+    n, offers = 0, Counter[int]()
+    for line in lines:
+        doc = json.loads(line)
+        if "offers" in doc:
+            n += 1
+            offers[len(doc["offers"])] += 1
+        elif "error" in doc:
+            raise SystemExit(f"export failed: {doc}")
+    return n, offers
+
+
 def export_once(port: int) -> tuple[int, float, Counter[int]]:
     """POST /v1/offers/export for every consented customer; (customers written, seconds, offers per line)."""
     import http.client
@@ -196,14 +210,7 @@ def export_once(port: int) -> tuple[int, float, Counter[int]]:
     conn.request("POST", "/v1/offers/export", body, {"Authorization": f"Bearer {KEY}",
                                                       "Content-Type": "application/json"})
     resp = conn.getresponse()
-    n, offers = 0, Counter()
-    for line in resp:
-        doc = json.loads(line)
-        if "offers" in doc:
-            n += 1
-            offers[len(doc["offers"])] += 1
-        elif "error" in doc:
-            raise SystemExit(f"export failed: {doc}")
+    n, offers = count_lines(resp)
     secs = time.perf_counter() - t
     conn.close()
     if resp.status != 200:
@@ -300,14 +307,7 @@ async def cpu_export(url: str, prefix: str, draws: int, profile: str | None = No
     finally:
         r.close()
         await store.close()
-    n, offers = 0, Counter()
-    for line in b"".join(chunks).splitlines():
-        doc = json.loads(line)
-        if "offers" in doc:
-            n += 1
-            offers[len(doc["offers"])] += 1
-        elif "error" in doc:
-            raise SystemExit(f"export failed: {doc}")
+    n, offers = count_lines(b"".join(chunks).splitlines())
     return {"customers": n, "cpu_s": cpu, "wall_s": wall, "redis": delta, "redis_cpu_s": rcpu,
             "offers": dict(sorted(offers.items()))}
 

@@ -94,13 +94,17 @@ async def seed(url: str, prefix: str) -> list[str]:
         t = time.perf_counter()
         report = await import_online_retail(store, DATA, progress=True)
         print(f"imported {report.accepted:,} events in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-        r = redis.Redis.from_url(url)
-        people = sorted({k.decode().split("{")[1].split("}")[0]
-                         for k in r.scan_iter(match=f"{prefix}:c:*:p", count=5000)})
-        r.close()
-        return [p for p in people if p.isdigit()]  # the registered customers (guests are anonymous ids)
+        return imported(url, prefix)
     finally:
         await store.close()
+
+
+def imported(url: str, prefix: str) -> list[str]:
+    """The registered customers under `prefix` (guests are anonymous ids)."""
+    r = redis.Redis.from_url(url)
+    people = sorted({k.decode().split("{")[1].split("}")[0] for k in r.scan_iter(match=f"{prefix}:c:*:p", count=5000)})
+    r.close()
+    return [p for p in people if p.isdigit()]
 
 
 def cleanup(url: str, prefix: str) -> None:
@@ -130,12 +134,9 @@ def main() -> None:
                          "measured maximum (0: skip)")
     args = ap.parse_args()
     prefix = args.prefix or f"bench:{uuid.uuid4().hex[:8]}"
-    ids = asyncio.run(seed(args.redis, prefix)) if args.prefix is None else None
-    if ids is None:
-        r = redis.Redis.from_url(args.redis)
-        ids = sorted({k.decode().split("{")[1].split("}")[0] for k in r.scan_iter(match=f"{prefix}:c:*:p", count=5000)})
-        ids = [i for i in ids if i.isdigit()]
-        r.close()
+    ids = imported(args.redis, prefix) if args.prefix is not None else []
+    if not ids:  # a new prefix, or a --prefix with nothing under it yet: import (a kept --prefix is reused next time)
+        ids = asyncio.run(seed(args.redis, prefix))
     port = free_port()
     env = {**os.environ, "RECSVC_REDIS_URL": args.redis, "RECSVC_REDIS_PREFIX": prefix, "RECSVC_AS_OF": AS_OF,
            "RECSVC_API_KEYS": f"{KEY}=recs:read", "RECSVC_RATE_LIMIT": "100000000", "RECSVC_LOG_JSON": "true",

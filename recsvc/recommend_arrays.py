@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,30 +78,25 @@ class CatalogArrays:
     @classmethod
     def build(cls, rec: ServingRecommender, catalog: Mapping[str, CatalogEntry]) -> "CatalogArrays":
         """At once: a few milliseconds for a few thousand items (see `build_async` for a background build)."""
-        steps = cls._steps(rec, catalog)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        *_, arrays = cls._steps(rec, catalog)
+        assert arrays is not None
+        return arrays
 
     @classmethod
     async def build_async(cls, rec: ServingRecommender, catalog: Mapping[str, CatalogEntry]) -> "CatalogArrays":
         """As `build`, yielding to the event loop every BUILD_CHUNK items (a catalog reload must not hold up requests
         for milliseconds)."""
-        steps = cls._steps(rec, catalog)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
+        for arrays in cls._steps(rec, catalog):
+            if arrays is not None:
+                return arrays
             await asyncio.sleep(0)
+        raise AssertionError("CatalogArrays._steps ends with the arrays")
 
     @classmethod
     def _steps(cls, rec: ServingRecommender, catalog: Mapping[str, CatalogEntry]
-               ) -> Generator[None, None, "CatalogArrays"]:
-        """One dict lookup per item, a chunk of items per step; each distinct list of categories (far fewer than
-        items) is turned into ids once, at the end."""
+               ) -> Iterator["CatalogArrays | None"]:
+        """One dict lookup per item, a chunk of items per step (None each), then the arrays; each distinct list of
+        categories (far fewer than items) is turned into ids once, at the end."""
         get = catalog.get
         n = rec.n_items
         unavailable: list[bool] = []
@@ -122,7 +117,7 @@ class CatalogArrays:
         table = np.array(rows or [[-1] * width], dtype=np.int64)
         tops = [cs[0] if cs else None for cs in kinds]
         cat_ids = table[np.array(kind, dtype=np.int64)] if kind else np.full((0, width), -1, dtype=np.int64)
-        return cls(np.array(unavailable, dtype=bool), cat_ids, list(names), [tops[k] for k in kind], cats)
+        yield cls(np.array(unavailable, dtype=bool), cat_ids, list(names), [tops[k] for k in kind], cats)
 
     def patched(self, rec: ServingRecommender, changed: Mapping[str, CatalogEntry]) -> "CatalogArrays":
         """These arrays with some catalog entries replaced (an upsert made through this process): the same as a build
