@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, get, post, put
+from litestar import Controller, Request, Response, get, post, put
 from litestar.params import PathParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from features.schema import ID_PATTERN, MAX_ITEMS_PER_UPSERT, Event, IngestResult, Item, decode_events
+from recsvc.controllers.encoded import EncodedJson
 from recsvc.controllers.openapi import errors, request_body
 from recsvc.errors import NotFound
 from recsvc.lifespan import OffersDep, RecsDep, StoreDep
@@ -38,7 +39,7 @@ class EventsController(Controller):
           summary="Ingest one event or a batch (max 1,000)",
           operation_class=request_body(Event | list[Event], "One event, or a JSON array of at most 1,000 events"),
           responses=errors(400, 413, 422, 503))
-    async def ingest(self, request: Request, offers: OffersDep) -> IngestResult:
+    async def ingest(self, request: Request, offers: OffersDep) -> Response[IngestResult]:
         """Body: one event object or a JSON array of them. All-or-nothing validation: one bad event rejects the
         request before anything is stored. Replays (same event_id) are counted as duplicates, not stored again."""
         # One dependency only: Litestar resolves two or more in a task group, which cost a fifth of a small request.
@@ -46,7 +47,7 @@ class EventsController(Controller):
         result = await offers.store.ingest(events)
         # offer_* outcomes update contact ledgers and acceptance counts; once per event_id, even when retried
         await offers.record_outcomes(events)
-        return result
+        return EncodedJson(result, HTTP_202_ACCEPTED)
 
 
 class CatalogController(Controller):

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import pytest
+from litestar.serialization import encode_json
 from litestar.testing import AsyncTestClient, TestClient
 
 from features.memory_store import MemoryFeatureStore
@@ -54,6 +55,13 @@ async def test_single_event_then_batch_with_a_replay(client: AsyncTestClient, st
     assert p["counts"]["type:view"] == 2 and p["counts"]["type:purchase"] == 1
     assert p["orders"] == 1 and p["monetary"] == pytest.approx(3.5)  # value is the line total
     assert [i for i, _ in p["item_affinity"]] == ["B", "A"]  # a view + a purchase outweighs one view
+
+
+async def test_the_answer_is_sent_as_litestar_would_send_it(client: AsyncTestClient) -> None:
+    r = await client.post("/v1/events", json=[event(event_id="s1"), event(event_id="s1")], headers=W)
+    assert r.status_code == 202 and r.headers["content-type"] == "application/json"
+    assert int(r.headers["content-length"]) == len(r.content) and r.headers["x-request-id"]
+    assert r.content == encode_json(IngestResult(accepted=1, duplicates=1, duplicate_ids=["s1"]))
 
 
 async def test_a_full_batch_of_1000_is_accepted(client: AsyncTestClient, store: MemoryFeatureStore) -> None:
