@@ -3,7 +3,8 @@
 Starts the real service (uvicorn, 1 worker, Redis store on a unique prefix, removed afterwards) and drives it over
 loopback with `wrk` when it is on PATH (a C client leaves the CPU to the server; the Python client costs a third of
 the single-event throughput on 2 cores), else with the asyncio client in loadgen.py. Bounded in count and time.
-Usage: python benchmarks/ingest.py [--client auto|wrk|python] [--redis redis://127.0.0.1:6379/14]
+Usage: python benchmarks/ingest.py [--runs 3] [--client auto|wrk|python] [--redis redis://127.0.0.1:6379/14]
+Each run measures batched, single and hello in turn on the same server; the table row has the medians.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,12 +157,21 @@ def wrk_run(port: int, path: str, connections: int, seconds: int, per_request: i
                     "all 2xx" if not bad else f"{r['non2xx']} non-2xx, {r['errors']} socket errors")
 
 
-def wrk_runs(port: int, seconds: int) -> tuple[Measured, Measured, Measured]:
-    wrk_run(port, "/v1/events", 4, 2)  # warm-up
+def wrk_runs(port: int, seconds: int, warm: bool = True) -> tuple[Measured, Measured, Measured]:
+    if warm:
+        wrk_run(port, "/v1/events", 4, 2)  # warm-up
     batched = wrk_run(port, "/v1/events", 4, seconds, per_request=100)
     single = wrk_run(port, "/v1/events", 16, seconds)
     hello = wrk_run(port, "/health", 16, seconds, method="GET")
     return batched, single, hello
+
+
+def median_of(runs: list[Measured]) -> Measured:
+    """The medians of several rounds, field by field (requests/s through the median rate)."""
+    rate = statistics.median(m.rps for m in runs)
+    bad = [m.statuses for m in runs if m.statuses != "all 2xx"]
+    return Measured(round(rate * 1000), 1000.0, statistics.median(m.p50_ms for m in runs),
+                    statistics.median(m.p99_ms for m in runs), bad[0] if bad else "all 2xx")
 
 
 def main() -> None:
@@ -170,6 +181,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=400, help="python client: batched requests")
     ap.add_argument("--singles", type=int, default=8000, help="python client: single-event requests")
     ap.add_argument("--seconds", type=int, default=8, help="wrk: seconds per measurement")
+    ap.add_argument("--runs", type=int, default=3, help="rounds of (batched, single, hello) on one server; medians")
     args = ap.parse_args()
     client = ("wrk" if shutil.which("wrk") else "python") if args.client == "auto" else args.client
     prefix = f"bench:{uuid.uuid4().hex[:8]}"
@@ -184,10 +196,8 @@ def main() -> None:
     )
     try:
         wait_ready(server, port)
-        if client == "wrk":
-            batched, single, hello = wrk_runs(port, args.seconds)
-        else:
-            batched, single, hello = python_runs(port, args.batches, args.singles)
+        rounds = [wrk_runs(port, args.seconds, warm=not n) if client == "wrk"
+                  else python_runs(port, args.batches, args.singles) for n in range(args.runs)]
     finally:
         server.terminate()
         server.wait(10)
@@ -201,11 +211,15 @@ def main() -> None:
         if chunk:
             r.unlink(*chunk)
         r.close()
+    batched, single, hello = (median_of([r[i] for r in rounds]) for i in range(3))
     for name, m in (("batched", batched), ("single", single), ("hello", hello)):
         if m.statuses != "all 2xx":
             raise SystemExit(f"{name}: {m.statuses}; the numbers would be meaningless")
     ev_s = batched.rps * 100
-    print(f"client: {client}")
+    print(f"client: {client}; medians of {len(rounds)} rounds")
+    print(f"rounds: batched events/s {[round(r[0].rps * 100) for r in rounds]}, single p99 ms "
+          f"{[round(r[1].p99_ms, 2) for r in rounds]}, single req/s {[round(r[1].rps) for r in rounds]}, "
+          f"/health req/s {[round(r[2].rps) for r in rounds]}")
     print(f"batched: {ev_s:,.0f} events/s (100 events/request, 4 connections), "
           f"p50 {batched.p50_ms:.1f} ms/batch, p99 {batched.p99_ms:.1f} ms/batch")
     print(f"single:  {single.rps:,.0f} req/s at 16 connections, p50 {single.p50_ms:.2f} ms, p99 {single.p99_ms:.2f} ms")
