@@ -3,6 +3,7 @@ interactions (users resampled with new ids); our ALS step against a bare implici
 --rerank, the re-ranker's validation-window work (components, candidate features, trees) at the same scales.
 
 Usage: python benchmarks/train.py --data-dir var/data   (the bundled data imported and drained there)
+       python benchmarks/train.py --skip-train-all --plot docs/img/train_scaling.png
        python benchmarks/train.py --skip-train-all --rerank
 """
 
@@ -86,12 +87,36 @@ def timed(fn, repeat: int = 3) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times)
 
 
+def plot_growth(growth: dict[str, list[tuple[int, float]]], path: Path, machine: str) -> None:
+    """Fit seconds against interactions on log-log axes, with the slope-1 line (linear growth) through each model's
+    first point for comparison."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    for name, points in growth.items():
+        xs, ys = zip(*points)
+        line = ax.plot(xs, ys, marker="o", label=name)[0]
+        ax.plot(xs, [ys[0] * x / xs[0] for x in xs], linestyle=":", color=line.get_color(), linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("interactions (Online Retail resampled 1x, 4x, 16x)")
+    ax.set_ylabel("fit seconds (one thread)")
+    ax.set_title(f"Fit time growth, {machine}, {date.today()} (dotted: linear)", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"\nwrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-dir", default="var/data")
     ap.add_argument("--skip-train-all", action="store_true")
     ap.add_argument("--workers", type=int, default=None, help="passed to train all (default: its own)")
     ap.add_argument("--rerank", action="store_true", help="also time the re-ranker's window work at 1x, 4x, 16x")
+    ap.add_argument("--plot", default=None, help="also draw fit time against interactions (log-log) into this PNG")
     args = ap.parse_args()
     machine = f"{platform.machine()} {os.cpu_count()} cores"
     print(f"# training benchmark, {date.today()}, {machine}, OPENBLAS_NUM_THREADS=1\n")
@@ -112,12 +137,17 @@ def main() -> None:
     base = build_trainset(ds, to_ts("2011-11-01"))
     print("| interactions | users | ALS fit s | BM25 item-kNN fit s | BPR fit s |")
     print("|---|---|---|---|---|")
+    growth: dict[str, list[tuple[int, float]]] = {"ALS": [], "BM25 item-kNN": [], "BPR": []}
     for factor in (1, 4, 16):
         tr = scaled(base, factor)
         als = timed(lambda: ALS().fit(tr), 1 if factor == 16 else 3)
         knn = timed(lambda: ItemKNN("bm25").fit(tr), 1 if factor == 16 else 3)
         bpr = timed(lambda: BPR().fit(tr), 1)
         print(f"| {tr.weights.nnz:,} ({factor}x) | {tr.n_users:,} | {als:.2f} | {knn:.2f} | {bpr:.2f} |")
+        for name, secs in zip(growth, (als, knn, bpr)):
+            growth[name].append((tr.weights.nnz, secs))
+    if args.plot:
+        plot_growth(growth, Path(args.plot), machine)
     conf = confidence(base, 2.0)
     ours = timed(lambda: ALS().fit(base), 5)
     bare = timed(lambda: AlternatingLeastSquares(factors=64, regularization=0.05, iterations=15, random_state=7,
