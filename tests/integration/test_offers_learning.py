@@ -148,6 +148,7 @@ async def test_the_service_learns_a_model_from_its_own_outcomes(redis_url: str, 
         assert means["model"] > means["prior"] + 0.1, means
 
         await offer_store_for(store).upsert_offers([offer("d")])  # a new offer: no outcomes, unknown to the model
+        gap: dict[str, list[float]] = {"family": [], "single": []}  # better offer's estimate minus the worse one's
         for cid, plan in fresh[:100]:
             ans = await learned.decide(cid, "web", 4, reserve=False)
             got = {o.offer_id: o for o in ans.offers}
@@ -155,8 +156,12 @@ async def test_the_service_learns_a_model_from_its_own_outcomes(redis_url: str, 
             assert {o: got[o].propensity_source.split("+")[0] for o in got} == {
                 "a": "model", "b": "model", "c": "model", "d": "prior"}
             assert got["d"].propensity_source == "prior" and "propensity:prior" in got["d"].reasons
-            # the model's own estimate follows the plan, which the priors never saw
             better, worse = ("a", "b") if plan == "family" else ("b", "a")
-            assert got[better].prior_propensity > got[worse].prior_propensity, (plan, got)
+            gap[plan].append(got[better].prior_propensity - got[worse].prior_propensity)
+        # the model's own estimate follows the plan, which the priors never saw: on average over each plan's
+        # customers (the true gap is 0.35; in 8 runs the smaller of the two was 0.14 to 0.54). Not for every customer: the logging policy showed some offers rarely to
+        # some segments, and the trees, which also split on the segment, can get such a cell wrong.
+        means_gap = {plan: float(np.mean(g)) for plan, g in gap.items()}
+        assert min(means_gap.values()) > 0.05, means_gap
     finally:
         await store.close()
