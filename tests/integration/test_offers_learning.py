@@ -159,8 +159,9 @@ async def test_the_service_learns_a_model_from_its_own_outcomes(redis_url: str, 
             better, worse = ("a", "b") if plan == "family" else ("b", "a")
             gap[plan].append(got[better].prior_propensity - got[worse].prior_propensity)
         # the model's own estimate follows the plan, which the priors never saw: on average over each plan's
-        # customers (the true gap is 0.35; in 8 runs the smaller of the two was 0.14 to 0.54). Not for every customer: the logging policy showed some offers rarely to
-        # some segments, and the trees, which also split on the segment, can get such a cell wrong.
+        # customers (the true gap is 0.35; in 8 runs the smaller of the two means was 0.14 to 0.54). Not for every
+        # customer: the logging policy showed some offers rarely to some segments, and the trees, which also split
+        # on the segment, can get such a cell wrong.
         means_gap = {plan: float(np.mean(g)) for plan, g in gap.items()}
         assert min(means_gap.values()) > 0.05, means_gap
     finally:
