@@ -107,6 +107,11 @@ ALIAS_KINDS = ("customer", "anonymous", "device", "email")
 ALIAS_PREFIXES: tuple[str, ...] = tuple(f"{kind}:" for kind in ALIAS_KINDS[1:])
 
 
+def session_open(last: float, now: float) -> bool:
+    """A session whose last event was at `last` is still open at `now` (readers of both stores check it the same)."""
+    return now - last <= SESSION_TTL
+
+
 def decay_factor(half_life: float, t: float) -> float:
     """The forward-decay multiplier for an event at time t."""
     return math.pow(2.0, (t - DECAY_EPOCH) / half_life)

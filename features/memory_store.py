@@ -361,7 +361,7 @@ class MemoryFeatureStore:
         fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)
         recent = sorted(p.recent[:PROFILE_RECENT], key=lambda r: -r.ts)  # as build_profile does
         session = None
-        if p.session and float(p.session.get("last", 0)) >= now - K.SESSION_TTL:
+        if p.session and K.session_open(float(p.session.get("last", 0)), now):
             session = Session(
                 session_id=str(p.session["id"]), started=float(p.session["started"]),
                 last=float(p.session["last"]), items=session_items(recent, float(p.session["started"])),
@@ -394,7 +394,7 @@ class MemoryFeatureStore:
             return None
         h = p.hash
         session_ids: list[str] = []
-        if p.session and now - float(p.session.get("last", 0)) <= K.SESSION_TTL:
+        if p.session and K.session_open(float(p.session.get("last", 0)), now):
             recent = sorted(p.recent[:LIVE_RECENT_SCAN], key=lambda r: -r.ts)
             session_ids = session_items(recent, float(p.session["started"]))
         fa = K.read_factor(K.AFFINITY_HALF_LIFE, now)

@@ -35,6 +35,7 @@ from features.schema import (
     decode_link_record,
     decode_log_record,
     encode_log_record,
+    event_aliases,
     normalize,
     session_items,
     to_log_record,
@@ -111,7 +112,7 @@ PERSON_PARTS = ("p", "r", "ia", "ca", "b", "rt", "cart", "s", "ids")
 OFFER_PARTS = ("ol", "os", "oo", "ox")
 
 
-def lua_event(event: Event, now: float, prefix: str) -> list[Any]:
+def lua_event(event: Event, now: float, keys: Keys) -> list[Any]:
     """The array the Lua script reads for one event (see the header of lua/ingest.lua; "" and 0 stand for absent).
     Everything that does not depend on what the store holds is computed here: key names, the decayed increments and
     the trending hour, and numbers the script passes on to Redis are text already. An event with a customer_id is
@@ -135,15 +136,12 @@ def lua_event(event: Event, now: float, prefix: str) -> list[Any]:
             hour = int(ts // K.HOUR)
             if (hour + 1) * K.HOUR + K.TRENDING_KEEP <= now:  # its trending bucket is gone already
                 hour = 0
-    ids: list[str] | str = ""
-    if event.anonymous_id or event.device_id or event.email_hash:
-        ids = [f"{kind}:{v}" for kind, v in (("anonymous", event.anonymous_id), ("device", event.device_id),
-                                               ("email", event.email_hash)) if v]
+    ids: list[str] | str = event_aliases(event) or ""
     n = len(log)  # the record as a msgpack str 8, 16 or 32 (the script's cmsgpack cannot read bin)
     head = b"\xd9" + n.to_bytes(1, "big") if n < 0x100 else b"\xda" + n.to_bytes(2, "big") if n < 0x10000 else (
         b"\xdb" + n.to_bytes(4, "big"))
     return [
-        f"{prefix}:ev:{{{eid}}}",
+        keys.dedupe(eid),
         eid,
         ids,
         customer or "",
@@ -273,9 +271,9 @@ class RedisFeatureStore:
     async def _ingest_batches(self, batches: Sequence[Sequence[Event]], now: float | None) -> list[IngestResult]:
         """One script call for several requests' events; each request gets its own counts back."""
         now = self.clock() if now is None else now
-        prefix = self.keys.prefix
-        heads = [lua_event(normalize(e, now), now, prefix) for events in batches for e in events]
-        flags = await self._call(self._eval([prefix, _msgpack.encode(heads), now]), timeout=self._write_timeout)
+        keys = self.keys
+        heads = [lua_event(normalize(e, now), now, keys) for events in batches for e in events]
+        flags = await self._call(self._eval([keys.prefix, _msgpack.encode(heads), now]), timeout=self._write_timeout)
         out, pos = [], 0
         for events in batches:
             mine = flags[pos : pos + len(events)]
@@ -585,7 +583,7 @@ def build_profile_flat(res: Sequence[Any], now: float) -> Profile:
     recents.sort(key=lambda r: -r.ts)
     session = None
     ss = {a.decode(): b.decode() for a, b in zip(sess[0::2], sess[1::2])}
-    if ss and float(ss.get("last") or 0) >= now - K.SESSION_TTL:  # else it is over (as in the embedded store)
+    if ss and K.session_open(float(ss.get("last") or 0), now):  # else it is over (as in the embedded store)
         started = float(ss.get("started") or 0)
         session = Session(session_id=ss.get("id") or "", started=started, last=float(ss.get("last") or 0),
                           items=session_items(recents, started))
@@ -631,7 +629,7 @@ def build_live(res: Sequence[Any], now: float) -> LiveFeatures:
     if sess:
         ss = {a.decode(): b.decode() for a, b in zip(sess[0::2], sess[1::2])}
         last = float(ss.get("last") or 0)
-        if recent and now - last <= K.SESSION_TTL:
+        if recent and K.session_open(last, now):
             recents = _recent_list_decoder.decode(b"[" + b",".join(recent) + b"]")
             recents.sort(key=lambda r: -r.ts)
             session_ids = session_items(recents, float(ss.get("started") or 0))

@@ -332,11 +332,9 @@ def decode_log_record(data: bytes) -> LogRecord:
     return _log_decoder.decode(data)
 
 
-def event_identifiers(event: Event) -> list[str]:
-    """Every id on the event, as `kind:value`, customer first: the candidates identity resolution links."""
+def event_aliases(event: Event) -> list[str]:
+    """The anonymous ids on the event (cookie, device, email hash), as `kind:value`."""
     out = []
-    if event.customer_id:
-        out.append("customer:" + event.customer_id)
     if event.anonymous_id:
         out.append("anonymous:" + event.anonymous_id)
     if event.device_id:
@@ -344,6 +342,12 @@ def event_identifiers(event: Event) -> list[str]:
     if event.email_hash:
         out.append("email:" + event.email_hash)
     return out
+
+
+def event_identifiers(event: Event) -> list[str]:
+    """Every id on the event, as `kind:value`, customer first: the candidates identity resolution links."""
+    aliases = event_aliases(event)
+    return ["customer:" + event.customer_id, *aliases] if event.customer_id else aliases
 
 
 def decode_events(body: bytes) -> list[Event]:

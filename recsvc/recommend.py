@@ -33,6 +33,7 @@ SESSION_ITEMS = 5  # most recent session items that seed similarity
 SESSION_DECAY = 0.7  # each older session item counts this much less
 MAX_REASONS = 3
 GIL_YIELD_ROWS = 8  # neighbour_table rows between releases of the GIL
+POPULAR_HEAD = 50  # items of a popularity list that can reach a top k (the weakest signal: only its head)
 PRE_CACHE = 100_000  # customers whose precomputed candidates are kept as dicts (about 5 KB each)
 
 
@@ -84,6 +85,9 @@ class ServingRecommender:
     ids_sorted: bool = field(init=False, compare=False, repr=False)  # item_ids in id order: id_rank is the index
     top_len: list[int] | None = field(init=False, compare=False, repr=False)
     purchases_at: list[float] = field(init=False, compare=False, repr=False)
+    # the model's own popularity head (recent buyers when it was trained), scaled so the best is 1: what serving uses
+    # when the store has no popularity; one object per model, so what is derived from it can be kept by identity
+    popular_head: dict[str, float] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
@@ -96,6 +100,9 @@ class ServingRecommender:
         object.__setattr__(self, "ids_sorted", bool((rank == np.arange(n)).all()))
         object.__setattr__(self, "top_len", lens.tolist() if prefix else None)
         object.__setattr__(self, "purchases_at", np.asarray(self.user_purchases, dtype=np.float64).tolist())
+        top = self.popularity.argsort()[::-1][:POPULAR_HEAD]
+        object.__setattr__(self, "popular_head",
+                           scaled((self.item_ids[i], float(self.popularity[i])) for i in top.tolist()))
 
     @property
     def n_items(self) -> int:

@@ -16,7 +16,6 @@ from typing import Protocol
 
 from litestar.connection import ASGIConnection, Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from litestar.handlers.base import BaseRouteHandler
 
 SCOPES = frozenset({"recs:read", "offers:read", "events:write", "admin"})
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -128,32 +127,20 @@ def _authorization(connection: ASGIConnection) -> str | None:
     return None
 
 
-Guard = Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]
+def scope_check(ring: KeyRing, limiter: RateLimiter | None = None) -> Callable[[Request], Awaitable[None]]:
+    """The app's one access check, as a before-request hook: a handler declares `opt={"scope": ...}`; handlers
+    without one are open. A hook rather than a guard: Litestar hands each guard a copy of the route handler
+    (`copy(self)`: some 60 attributes, ~20 us on every request), a hook reads `request.route_handler` itself. It runs
+    where a guard would for the app's routes (none is cached): before parameters, dependencies and the body."""
 
-
-def scope_guard(ring: KeyRing, limiter: RateLimiter | None = None) -> Guard:
-    """The one guard of the app: a handler declares `opt={"scope": ...}`; handlers without one are open."""
-
-    async def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-        scope = handler.opt.get("scope")
+    async def check(request: Request) -> None:
+        scope = request.route_handler.opt.get("scope")
         if scope is None:
             return
-        principal = ring.authenticate(_authorization(connection))
+        principal = ring.authenticate(_authorization(request))
         if not principal.allows(scope):
             raise PermissionDeniedException(f"this API key lacks the '{scope}' scope")
         if limiter is not None:
             await limiter.check(principal, scope)
-
-    return guard
-
-
-def scope_check(ring: KeyRing, limiter: RateLimiter | None = None) -> Callable[[Request], Awaitable[None]]:
-    """scope_guard as the app's before-request hook. Litestar hands each guard a copy of the route handler
-    (`copy(self)`: some 60 attributes, ~20 us on every request); a hook reads `request.route_handler` itself. It runs
-    where the guard did for the app's routes (none is cached): before parameters, dependencies and the body."""
-    guard = scope_guard(ring, limiter)
-
-    async def check(request: Request) -> None:
-        await guard(request, request.route_handler)
 
     return check

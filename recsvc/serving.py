@@ -32,6 +32,7 @@ from recsvc.metrics import DEGRADED, FALLBACKS
 from recsvc.models import RECOMMENDER, LoadedModel, ModelRegistry
 from recsvc.recommend import (
     DAY,
+    POPULAR_HEAD,
     CatalogEntry,
     Entry,
     LiveHistory,
@@ -61,7 +62,7 @@ POPULAR_TTL_S = 10.0  # snapshot age after which a background refresh starts
 POPULAR_SCOPES = 1024  # (scope, window) snapshots with something in them kept, least recently used dropped first
 POPULAR_EMPTY = 256  # scopes that had nothing (a country nobody buys in), kept apart so they never push out the others
 CATALOG_TTL_S = 30.0
-CANDIDATES = 50  # from each popularity list (they are the weakest signals: only their head can reach the top)
+CANDIDATES = POPULAR_HEAD  # from each popularity list
 LIVE_CACHE = 20_000  # customers whose live model scores are kept
 PRECOMPUTED_CACHE = 50_000  # customers whose bundle candidates are kept as model items
 CANDIDATE_CACHE = 2_048  # customers whose blend candidates are kept (some 10 KB each)
@@ -128,9 +129,6 @@ class PopularSnapshots:
 
     async def get(self, scope: str, window: str) -> dict[str, float]:
         """The snapshot; {} when the scope has nothing or the store does not answer (see `read`)."""
-        hit = self.current(scope, window)
-        if hit is not None:
-            return hit
         try:
             return await self.read(scope, window)
         except StoreUnavailable:
@@ -284,27 +282,20 @@ class LiveScores:
 
     def __init__(self, cap: int = LIVE_CACHE) -> None:
         self.cap = cap
-        self._cache: OrderedDict[tuple[str, str], tuple[int, dict[str, float], Sparse]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[int, Sparse]] = OrderedDict()
         self._pending: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-scores")
 
-    def get(self, model: LoadedModel[ServingRecommender], person: str, orders: int) -> dict[str, float] | None:
-        key = (model.version, person)
-        hit = self._cache.get(key)
-        if hit is not None and hit[0] == orders:
-            self._cache.move_to_end(key)
-            return hit[1]
-        return None
-
-    def get_sparse(self, model: LoadedModel[ServingRecommender], person: str, orders: int) -> Sparse | None:
-        """As `get`, as model items and values."""
+    def get(self, model: LoadedModel[ServingRecommender], person: str, orders: int) -> Sparse | None:
+        """The live scores of `person` under this model, as model items and values, while their purchase count is
+        `orders`; None when none are ready."""
         key = (model.version, person)
         hit = self._cache.get(key)
         if hit is None or hit[0] != orders:
             return None
         self._cache.move_to_end(key)
-        return hit[2]
+        return hit[1]
 
     def schedule(self, model: LoadedModel[ServingRecommender], person: str, orders: int,
                  store: Callable[[], FeatureStore], now: float) -> None:
@@ -324,7 +315,7 @@ class LiveScores:
                 return
             history = live_history(profile)
             scores = await asyncio.get_running_loop().run_in_executor(self._pool, model.model.score_live, history, now)
-            self._cache[key] = (orders, scores, sparse(model.model, scores)[0] or _NO_SCORES)
+            self._cache[key] = (orders, sparse(model.model, scores)[0] or _NO_SCORES)
             self._cache.move_to_end(key)
             while len(self._cache) > self.cap:
                 self._cache.popitem(last=False)
@@ -533,7 +524,7 @@ class RecommendationService:
             return pre[0] if pre is not None else None
         if pre is None and not live.orders and not live.category_affinity:
             return None
-        cached = self.live_scores.get_sparse(model, live.person, live.orders)
+        cached = self.live_scores.get(model, live.person, live.orders)
         if cached is not None:
             return cached
         self.live_scores.schedule(model, live.person, live.orders, self._store, now)
@@ -669,23 +660,9 @@ class RecommendationService:
         return out
 
 
-_MODEL_POPULARITY: dict[int, tuple[ServingRecommender, dict[str, float]]] = {}
-
-
 def _model_popularity(rec: ServingRecommender | None) -> dict[str, float]:
-    """The champion's own popularity (recent buyers when it was trained), scaled so the best is 1. The same object
-    for the same model (what is derived from it is cached by identity); never written to."""
-    if rec is None:
-        return {}
-    held = _MODEL_POPULARITY.get(id(rec))
-    if held is not None and held[0] is rec:
-        return held[1]
-    top = rec.popularity.argsort()[::-1][:CANDIDATES]
-    out = scaled((rec.item_ids[i], float(rec.popularity[i])) for i in top.tolist())
-    if len(_MODEL_POPULARITY) >= 4:  # a few model versions at most are in use at once
-        _MODEL_POPULARITY.clear()
-    _MODEL_POPULARITY[id(rec)] = (rec, out)
-    return out
+    """The champion's own popularity head (`ServingRecommender.popular_head`); never written to."""
+    return rec.popular_head if rec is not None else {}
 
 
 def _title(items: Mapping[str, CatalogEntry], item_id: str) -> str | None:
