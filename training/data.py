@@ -20,7 +20,15 @@ import scipy.sparse as sp
 
 from features.categories import categorize
 from features.keys import AFFINITY_WEIGHTS
-from features.offline_log import EVENT_SCHEMA, erased_closure, erased_ids, read_catalog, read_events, read_links
+from features.offline_log import (
+    EVENT_SCHEMA,
+    erased_closure,
+    erased_ids,
+    erased_mask,
+    read_catalog,
+    read_events,
+    read_links,
+)
 from training.customers import customers_mask, segments_at
 from training.models.base import TrainSet
 
@@ -87,9 +95,6 @@ def _file_catalog(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame({"item_id": df["item_id"], "title": df[col].astype(str), "categories": None, "price": 0.0})
 
 
-ALIAS_COLUMNS = (("anonymous", "anonymous_id"), ("device", "device_id"), ("email", "email_hash"))
-
-
 def resolve_links(links: pd.DataFrame) -> dict[str, str]:
     """alias -> the person its latest link points to, followed through chains (an alias linked to an anonymous person
     that was later merged into a customer ends at the customer); a cycle stops where it closes."""
@@ -114,16 +119,13 @@ def attribute(df: pd.DataFrame, links: pd.DataFrame) -> pd.Series:
     return person
 
 
-def erased_rows(df: pd.DataFrame, person: pd.Series, erased: set[str], links: pd.DataFrame) -> np.ndarray:
-    """Rows of an erased person: their own ids, history attributed to them through links, and rows without a
-    customer id that carry an alias ever tied to them (the alias is theirs, whoever it was last linked to; the
-    closure is features.offline_log.erased_closure, which off-policy evaluation applies too)."""
+def erased_rows(table: pa.Table, person: pd.Series, erased: set[str], links: pd.DataFrame) -> np.ndarray:
+    """Rows of an erased person (`person`: each row's link-attributed person, table.to_pandas() order): the rows
+    features.offline_log.erased_mask drops for the erasure closure (their own ids, rows without a customer id that
+    carry an alias ever tied to them, whoever it was last linked to), which off-policy evaluation drops too, and the
+    history attributed to them through links."""
     gone = erased_closure(erased, zip(links["alias"], links["person_id"]) if len(links) else ())
-    drop = df["customer_id"].isin(gone) | df["person_id"].isin(gone) | person.isin(gone)
-    anonymous = df["customer_id"].isna()
-    for kind, col in ALIAS_COLUMNS:
-        drop |= anonymous & ((kind + ":" + df[col]).isin(gone) | df[col].isin(erased))
-    return drop.to_numpy(dtype=bool)
+    return erased_mask(table, gone, erased).to_numpy() | person.isin(gone).to_numpy(dtype=bool)
 
 
 def load_interactions(
@@ -180,7 +182,7 @@ def load_interactions(
     df = table.to_pandas()
     person = attribute(df, links)
     if erased:
-        drop = erased_rows(df, person, erased, links)
+        drop = erased_rows(table, person, erased, links)
         df, person = df[~drop], person[~drop]
     fp = fingerprint(df)
     keep = person.notna()
